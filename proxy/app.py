@@ -1,0 +1,99 @@
+"""The composition root: builds every part, passes dependencies in, pairs setup with teardown.
+
+Nothing here is business logic. The proxy app forwards everything; the admin app (admin.py) is
+served on its own listener so that no path on the proxy port can reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from .admin import make_admin_app
+from .config import Settings, parse_hostport
+from .forward import Handler, make_forward_handler
+from .observers import Observers
+from .recorder import Recorder
+from .runs import RunTracker
+from .store.writer import Writer
+
+log = logging.getLogger("runtap")
+
+
+@dataclass(slots=True)
+class Parts:
+    """What the running proxy is made of; tests and the admin app read it."""
+
+    settings: Settings
+    writer: Writer
+    tracker: RunTracker
+    observers: Observers
+    session: aiohttp.ClientSession | None = None
+    forward: Handler | None = None
+
+
+PARTS = web.AppKey("parts", Parts)
+
+
+def make_app(settings: Settings, admin_token: str | None = None) -> web.Application:
+    """The proxy application. With `admin_token`, the admin listener is started beside it."""
+    writer = Writer(
+        settings.recorder.db,
+        spill_path=settings.spill_path,
+        batch_max_rows=settings.recorder.batch_max_rows,
+        batch_interval_s=settings.recorder.batch_interval_ms / 1000,
+    )
+    tracker = RunTracker(settings.recorder.max_tracked_runs)
+    observers = Observers([Recorder(writer, tracker, record_content=settings.recorder.record_content)])
+    parts = Parts(settings, writer, tracker, observers)
+    # The proxy reads bodies itself (bounded per route, forward.py); aiohttp's own cap would
+    # answer oversized bodies in its own error shape.
+    app = web.Application(client_max_size=2**63 - 1, handler_args={"max_field_size": 65536})
+    app[PARTS] = parts
+
+    async def recording(app: web.Application) -> AsyncIterator[None]:
+        report = await asyncio.to_thread(writer.start)
+        log.info("recording to %s (%s)", settings.recorder.db, report)
+        yield
+        await asyncio.to_thread(writer.close)
+
+    async def upstream_session(app: web.Application) -> AsyncIterator[None]:
+        timeouts = settings.timeouts
+        parts.session = aiohttp.ClientSession(
+            # auto_decompress=False: compressed bodies reach the client compressed (contract §4).
+            auto_decompress=False,
+            # No total timeout: a live run may stream for many minutes (protocol.md §6.5).
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            # Send only the client's headers: aiohttp's defaults would change what upstream sends.
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Accept"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        parts.forward = make_forward_handler(parts.session, settings, observers, tracker)
+        yield
+        await parts.session.close()
+
+    async def admin_listener(app: web.Application) -> AsyncIterator[None]:
+        if admin_token is None:
+            yield
+            return
+        host, port = parse_hostport(settings.server.admin_listen)
+        runner = web.AppRunner(make_admin_app(parts, admin_token), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        yield
+        await runner.cleanup()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        # The handler needs the session, which exists only once the loop runs (startup).
+        assert parts.forward is not None
+        return await parts.forward(request)
+
+    app.router.add_route("*", "/{tail:.*}", forward)
+    app.cleanup_ctx.extend([recording, upstream_session, admin_listener])
+    return app

@@ -1,0 +1,130 @@
+"""Settings: declared once, with type, default, bounds and help (architecture.md §8.6).
+
+Precedence: command-line flags beat environment variables, which beat the config file, which
+beats the defaults here. `config.example.toml` documents every field; a test proves it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+ENV_CONFIG = "RUNTAP_CONFIG"
+"""Path of the TOML config file."""
+ENV_ADMIN_TOKEN = "RUNTAP_ADMIN_TOKEN"
+"""Bearer token for /admin/*; required when the admin listener is not on loopback."""
+# Environment overrides: variable → (section, field).
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "RUNTAP_UPSTREAM": ("server", "upstream"),
+    "RUNTAP_LISTEN": ("server", "listen"),
+    "RUNTAP_ADMIN_LISTEN": ("server", "admin_listen"),
+    "RUNTAP_DB": ("recorder", "db"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Section):
+    upstream: str = Field("https://api.openai.com", description="Base URL every request is forwarded to.")
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT the proxy listens on.")
+    admin_listen: str = Field(
+        "127.0.0.1:9464", description="HOST:PORT of the admin listener (/metrics, /healthz, /admin/*)."
+    )
+    max_recorded_body_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, le=1024**3,
+        description="Largest request body accepted on a recorded route (413 above it); also the "
+        "largest JSON response body recorded.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight streams may take to finish."
+    )
+    uvloop: bool = Field(True, description="Run on uvloop when it is installed.")
+
+
+class TimeoutSettings(_Section):
+    connect_s: float = Field(10.0, gt=0, le=600, description="Connecting to the upstream (502 after).")
+    read_s: float = Field(
+        600.0, gt=0, le=86400,
+        description="Longest silence from the upstream: before its response headers (504 after) "
+        "and between two chunks of a body (the exchange is then truncated).",
+    )
+    client_gone_drain_s: float = Field(
+        900.0, ge=0, le=86400,
+        description="After a client disconnects, how long runtap keeps reading the upstream's "
+        "stream so the run is still recorded (runs expire after about 10 minutes).",
+    )
+
+
+class RecorderSettings(_Section):
+    db: str = Field("./runtap.duckdb", description="The DuckDB file of the recording.")
+    spill_path: str = Field(
+        "", description="JSONL file for rows the database refused; empty means <db>.spill.jsonl."
+    )
+    record_content: bool = Field(
+        True, description="Store bodies, event data, tool arguments/outputs and message text. "
+        "When false they are NULL; ids, statuses, timings and usage are still recorded.",
+    )
+    batch_max_rows: int = Field(5000, gt=0, le=1_000_000, description="Most rows per write transaction.")
+    batch_interval_ms: float = Field(
+        50.0, gt=0, le=60_000,
+        description="Longest a row waits in the queue before its batch is written; with a SIGKILL "
+        "this is about how much recent recording can be lost.",
+    )
+    max_tracked_runs: int = Field(
+        50_000, gt=0, le=10_000_000, description="Runs whose state is kept in memory (least recent evicted)."
+    )
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    timeouts: TimeoutSettings = TimeoutSettings()
+    recorder: RecorderSettings = RecorderSettings()
+
+    @property
+    def spill_path(self) -> Path:
+        return Path(self.recorder.spill_path or self.recorder.db + ".spill.jsonl")
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """File (path, else $RUNTAP_CONFIG), then environment, then `overrides` (from flags)."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_CONFIG) or None
+    data: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+    for var, (section, name) in ENV_OVERRIDES.items():
+        if env.get(var):
+            data.setdefault(section, {})[name] = env[var]
+    for section, values in (overrides or {}).items():
+        for name, value in values.items():
+            if value is not None:
+                data.setdefault(section, {})[name] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration: {e}") from e

@@ -1,0 +1,115 @@
+"""The flow object: one HTTP exchange through the proxy, and the run events seen in it.
+
+Like mitmproxy's `HTTPFlow`, an `Exchange` is created when a request arrives, filled in as the
+response goes by, and handed to every observer hook (observers.py). `finish()` sets the outcome
+exactly once, whatever path ended the exchange (architecture.md §8.3).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from .routes import Route
+
+
+class Outcome(str, Enum):
+    """How an exchange ended as transport (contract §6)."""
+
+    COMPLETED = "completed"
+    """The upstream's response, whatever its status, reached its end."""
+    UPSTREAM_ERROR = "upstream_error"
+    """No response from the upstream: the client got runtap's 502/504."""
+    TRUNCATED = "truncated"
+    """The upstream's body broke off (for a stream: EOF or error before `[DONE]`)."""
+    CLIENT_GONE = "client_gone"
+    """The client left before the end; runtap kept reading so the run is still recorded."""
+    REJECTED = "rejected"
+    """runtap refused the request itself (413, 429)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class Exchange:
+    route: Route
+    method: str
+    path: str
+    query: str
+    key_id: str | None
+    request_body: bytes | None
+    """The request body as sent, for recorded routes; None for routes streamed through."""
+    request_id: str = field(default_factory=lambda: "rt_" + uuid.uuid4().hex)
+    started_at: datetime = field(default_factory=utcnow)
+    t_start: float = field(default_factory=time.perf_counter)
+    request_json: dict[str, Any] | None = None
+    """The request body parsed as a JSON object, when it is one."""
+    status: int | None = None
+    content_type: str | None = None
+    upstream_request_id: str | None = None
+    t_headers: float | None = None
+    t_end: float | None = None
+    response_bytes: int = 0
+    response_body: bytes | None = None
+    """A non-stream response body as decoded by the tap (None for streams)."""
+    streamed: bool = False
+    event_count: int = 0
+    thread_id: str | None = None
+    run_id: str | None = None
+    trace_id: str | None = None
+    client_gone: bool = False
+    outcome: Outcome | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.thread_id = self.route.thread_id
+        self.run_id = self.route.run_id
+
+    @property
+    def ttfb_ms(self) -> float | None:
+        return None if self.t_headers is None else (self.t_headers - self.t_start) * 1000
+
+    @property
+    def duration_ms(self) -> float | None:
+        return None if self.t_end is None else (self.t_end - self.t_start) * 1000
+
+    def finish(self, outcome: Outcome, error: str | None = None) -> bool:
+        """Set the outcome once. Returns False (and changes nothing) when already finished."""
+        if self.outcome is not None:
+            return False
+        self.outcome = outcome
+        self.error = error
+        self.t_end = time.perf_counter()
+        return True
+
+
+@dataclass(slots=True, frozen=True)
+class RunEvent:
+    """One thing the upstream told us about a run: an SSE event, or a JSON body (a snapshot).
+
+    Streamed and polled runs follow one path (architecture.md §8.3): a JSON response such as
+    `GET .../runs/{id}` arrives here with `source="body"` and the parsed object.
+    """
+
+    seq: int
+    """Position among this exchange's SSE events (from 0); -1 for a JSON-body snapshot."""
+    name: str | None
+    """The SSE `event:` name (`thread.run.completed`, `done`, …); None for snapshots."""
+    data: str
+    """The event's data exactly as received (`[DONE]` and malformed data included)."""
+    obj: dict[str, Any] | None
+    """`data` parsed, when it is a JSON object."""
+    received_at: datetime
+    raw: bytes | None = None
+    """The frame's exact bytes when it was malformed (see sse.py)."""
+    changes: tuple[Any, ...] = ()
+    """The run/step/tool-call/message states (runs.py) whose snapshot this event changed."""
+    source: str = "sse"
+    """`sse` (an event of a stream), `body` (a JSON response body) or `request` (what the
+    client sent, e.g. tool outputs the upstream accepted)."""

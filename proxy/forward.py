@@ -1,0 +1,181 @@
+"""The byte-exact relay: the only hot path.
+
+For each request: classify the route, read the body of recorded routes (bounded), open the
+upstream request, copy status and headers, then relay every body chunk to the client *before*
+the tap sees it. Nothing here parses JSON or touches DuckDB, OpenTelemetry or Prometheus; the
+only awaits are the two sockets.
+
+Failure policy (contract §4):
+- no response from the upstream → runtap's own 502 (unreachable) or 504 (no headers in time);
+- a failure after the response began cannot change the status any more: the client connection
+  is aborted (never a clean end, which the SDK would take for a finished, truncated run,
+  protocol.md §6.4);
+- the client leaving does not stop the exchange: runtap keeps reading the upstream for up to
+  `client_gone_drain_s`, so the run is recorded to its end (architecture.md §8.8, point 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from . import errors
+from .config import Settings
+from .exchange import Exchange, Outcome
+from .headers import client_headers, upstream_headers
+from .keys import key_id_from_headers
+from .observers import Observers
+from .routes import Route, classify
+from .runs import RunTracker
+from .tap import Tap
+
+log = logging.getLogger("runtap.forward")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a client going away looks like to aiohttp's writer.
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, BrokenPipeError)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or None when it is over `limit` (checked before reading it all)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def make_forward_handler(
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    observers: Observers,
+    tracker: RunTracker,
+) -> Handler:
+    upstream = settings.server.upstream.rstrip("/")
+    max_body = settings.server.max_recorded_body_bytes
+    drain_s = settings.timeouts.client_gone_drain_s
+    read_s = settings.timeouts.read_s
+
+    def finish(ex: Exchange, outcome: Outcome, error: str | None = None) -> None:
+        if ex.finish(outcome, error):
+            observers.exchange_finished(ex)
+
+    def answer(ex: Exchange, response: web.Response, outcome: Outcome, error: str) -> web.Response:
+        ex.status = response.status
+        finish(ex, outcome, error)
+        return response
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        route: Route = classify(request.method, request.path)
+        body: bytes | None = None
+        if route.recorded:
+            body = await _read_body(request, max_body)
+            if body is None:
+                ex = Exchange(route, request.method, request.path, request.query_string,
+                              key_id_from_headers(request.headers), None)
+                observers.exchange_started(ex)
+                return answer(ex, errors.request_too_large(max_body), Outcome.REJECTED, "request too large")
+        ex = Exchange(route, request.method, request.path, request.query_string,
+                      key_id_from_headers(request.headers), body)
+        observers.exchange_started(ex)
+        try:
+            upstream_response = await session.request(
+                request.method,
+                URL(upstream + request.raw_path, encoded=True),
+                headers=upstream_headers(request.headers, keep_length=body is None),
+                data=body if body is not None else (request.content if request.body_exists else None),
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            return answer(ex, errors.upstream_timeout(read_s), Outcome.UPSTREAM_ERROR, "upstream timeout")
+        except (aiohttp.ClientError, OSError) as e:
+            return answer(ex, errors.upstream_unreachable(type(e).__name__), Outcome.UPSTREAM_ERROR,
+                          f"{type(e).__name__}: {e}")
+        try:
+            return await _relay(request, upstream_response, ex)
+        finally:
+            upstream_response.release()
+
+    async def _relay(
+        request: web.Request, upstream_response: aiohttp.ClientResponse, ex: Exchange
+    ) -> web.StreamResponse:
+        headers = upstream_response.headers
+        ex.status = upstream_response.status
+        ex.content_type = headers.get("Content-Type")
+        ex.upstream_request_id = headers.get("x-request-id")
+        response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason,
+                                      headers=client_headers(headers))
+        tap = Tap(ex, tracker, observers, max_body)
+        outcome, error = Outcome.COMPLETED, None
+        client_open = True
+        broke = False
+        try:
+            try:
+                await response.prepare(request)
+            except _CLIENT_GONE:
+                client_open = _client_left(ex, upstream_response, drain_s)
+            ex.t_headers = time.perf_counter()
+            tap.response_started(ex.content_type, headers.get("Content-Encoding"))
+            observers.response_started(ex)
+            async for chunk in upstream_response.content.iter_any():
+                if client_open:
+                    try:
+                        await response.write(chunk)
+                    except _CLIENT_GONE:
+                        # Keep reading: the run goes on upstream, and it must still be recorded.
+                        client_open = _client_left(ex, upstream_response, drain_s)
+                ex.response_bytes += len(chunk)
+                tap.feed(chunk)
+            tap.close()
+            if ex.streamed and not tap.done_seen:
+                # A clean EOF is relayed as one: the client sees what the upstream did. The
+                # recording says the stream never finished.
+                outcome, error = Outcome.TRUNCATED, "stream ended before [DONE]"
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            tap.close()
+            broke = True
+            outcome, error = Outcome.TRUNCATED, f"{type(e).__name__}: {e}"
+        except asyncio.CancelledError:
+            tap.close()
+            finish(ex, Outcome.TRUNCATED, "cancelled (shutdown)")
+            raise
+        if ex.client_gone:
+            outcome = Outcome.CLIENT_GONE
+        elif broke:
+            _abort(request)
+        elif client_open:
+            try:
+                await response.write_eof()
+            except _CLIENT_GONE:
+                ex.client_gone = True
+                outcome = Outcome.CLIENT_GONE
+        finish(ex, outcome, error)
+        return response
+
+    return forward
+
+
+def _client_left(ex: Exchange, upstream_response: aiohttp.ClientResponse, drain_s: float) -> bool:
+    """Note the client's departure and bound how long the upstream is still read."""
+    ex.client_gone = True
+    asyncio.get_running_loop().call_later(drain_s, upstream_response.close)
+    return False
+
+
+def _abort(request: web.Request) -> None:
+    # An abrupt end (no final chunk): the client's HTTP library raises instead of returning a
+    # truncated body as if it were complete (contract §4).
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

@@ -1,0 +1,171 @@
+"""The tap: bytes that already went to the client → run events → observers.
+
+One `Tap` per exchange. `feed()` gets each raw chunk right after it was written to the client;
+it decompresses its own copy when the upstream compressed the body (the client still gets the
+compressed bytes, contract §4), frames SSE with `SseDecoder`, parses each event's JSON once,
+folds it into the `RunTracker`, and hands a `RunEvent` to the observers. A JSON body (a poll, a
+non-stream create) is collected (bounded) and handled the same way at `close()`.
+
+The tap never raises and never awaits: a failure here costs a record, never the stream. Every
+failure is logged and counted in `errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Any
+
+import orjson
+
+from .exchange import Exchange, RunEvent, utcnow
+from .observers import Observers
+from .routes import RouteKind
+from .runs import RunState, RunTracker, Seen, State
+from .sse import SseDecoder, SseEvent
+
+log = logging.getLogger("runtap.tap")
+
+
+def parse_object(text: str | bytes) -> dict[str, Any] | None:
+    """`text` as a JSON object, or None; never raises."""
+    if not text or (text[0] != "{" and text[0] != 0x7B):
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+class Tap:
+    errors = 0
+    """Failures swallowed by all taps since start (a metric reads it)."""
+
+    def __init__(self, ex: Exchange, tracker: RunTracker, observers: Observers, max_body: int) -> None:
+        self.ex = ex
+        self._tracker = tracker
+        self._observers = observers
+        self._max_body = max_body
+        self._sse: SseDecoder | None = None
+        self._body: list[bytes] | None = None
+        self._body_len = 0
+        self._inflate: Any = None
+        self._seq = 0
+        self.done_seen = False
+        self.body_overflow = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def response_started(self, content_type: str | None, content_encoding: str | None) -> None:
+        try:
+            self._start(content_type or "", (content_encoding or "").strip().lower())
+        except Exception:
+            self._failed("response_started")
+
+    def _start(self, content_type: str, encoding: str) -> None:
+        ex = self.ex
+        if ex.request_body and ex.route.recorded:
+            ex.request_json = parse_object(ex.request_body)
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            # wbits 47: auto-detect a zlib or gzip header. Raw deflate (no header) fails in
+            # feed(), which then stops recording this body; the client's bytes are unaffected.
+            self._inflate = zlib.decompressobj(47)
+        elif encoding not in ("", "identity"):
+            log.warning("cannot decode content-encoding %r; body forwarded but not recorded", encoding)
+            return
+        if content_type.startswith("text/event-stream"):
+            ex.streamed = True
+            self._sse = SseDecoder()
+        elif ex.route.recorded:
+            self._body = []
+        if (
+            ex.route.kind is RouteKind.SUBMIT_TOOL_OUTPUTS
+            and ex.status is not None and ex.status < 300
+            and ex.request_json is not None and ex.run_id is not None
+        ):
+            changes = self._tracker.tool_outputs_submitted(ex.run_id, ex.request_json, ex.started_at)
+            self._deliver(RunEvent(-1, None, "", ex.request_json, ex.started_at, changes=tuple(changes),
+                                   source="request"))
+
+    def feed(self, chunk: bytes) -> None:
+        """One raw chunk, as it went to the client. Sync, never raises."""
+        try:
+            if self._inflate is not None:
+                chunk = self._inflate.decompress(chunk)
+            if self._sse is not None:
+                for event in self._sse.feed(chunk):
+                    self._on_sse(event)
+            elif self._body is not None:
+                self._collect(chunk)
+        except Exception:
+            self._failed("feed")
+            # Stop parsing this exchange; the bytes still flow to the client.
+            self._sse = self._body = self._inflate = None
+
+    def close(self) -> None:
+        """The body ended (or broke off): flush what is buffered."""
+        try:
+            if self._inflate is not None:
+                tail = self._inflate.flush()
+                if tail:
+                    self._inflate = None
+                    self.feed(tail)
+            if self._sse is not None:
+                for event in self._sse.close():
+                    self._on_sse(event)
+            elif self._body is not None:
+                self._on_body(b"".join(self._body))
+        except Exception:
+            self._failed("close")
+        finally:
+            self._sse = self._body = None
+
+    # -- events ------------------------------------------------------------------------------
+    def _collect(self, chunk: bytes) -> None:
+        self._body_len += len(chunk)
+        if self._body_len > self._max_body:
+            self.body_overflow = True
+            self._body = None
+            log.warning("response body of %s over %d bytes: not recorded", self.ex.request_id, self._max_body)
+            return
+        self._body.append(chunk)  # type: ignore[union-attr]  # checked by the caller
+
+    def _on_body(self, body: bytes) -> None:
+        ex = self.ex
+        ex.response_body = body
+        obj = parse_object(body)
+        if obj is None:
+            return
+        now = utcnow()
+        # An error body ({"error": …}) has no `object` and changes nothing.
+        changes = self._tracker.apply(obj, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
+        self._deliver(RunEvent(-1, None, "", obj, now, changes=tuple(changes), source="body"))
+
+    def _on_sse(self, event: SseEvent) -> None:
+        ex = self.ex
+        now = utcnow()
+        obj = parse_object(event.data)
+        changes: list[State] = []
+        if obj is not None:
+            if obj.get("object") == "thread" and isinstance(obj.get("id"), str):
+                ex.thread_id = obj["id"]
+            else:
+                changes = self._tracker.apply(obj, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
+        elif event.is_done:
+            self.done_seen = True
+        seq = self._seq
+        self._seq = ex.event_count = seq + 1
+        self._deliver(RunEvent(seq, event.event, event.data, obj, now, event.raw, tuple(changes)))
+
+    def _deliver(self, event: RunEvent) -> None:
+        ex = self.ex
+        for state in event.changes:
+            if isinstance(state, RunState):
+                ex.run_id = ex.run_id or state.run_id
+                ex.thread_id = ex.thread_id or state.thread_id
+                break
+        self._observers.run_event(ex, event)
+
+    def _failed(self, where: str) -> None:
+        Tap.errors += 1
+        log.exception("tap failed in %s for %s", where, self.ex.request_id)

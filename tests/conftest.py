@@ -1,0 +1,88 @@
+"""Shared fixtures: the fake upstream, the proxy in front of it, the real openai SDK, the recording.
+
+The fake upstream is the only fake (proxy/testing/). The proxy is the real app on a real port;
+the SDK is the real `openai` package; the recording is a real DuckDB file in tmp_path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import duckdb
+import pytest
+from openai import AsyncAzureOpenAI, AsyncOpenAI
+
+from proxy.app import PARTS, Parts, make_app
+from proxy.config import Settings
+from proxy.keys import fingerprint
+from proxy.testing.fake_upstream import FakeUpstream
+
+RAW_KEY = "sk-test-" + "k3y" * 12
+"""A key shaped like a real one, so a leak would be found by searching for it."""
+KEY_ID = fingerprint(RAW_KEY)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def fake() -> FakeUpstream:
+    return FakeUpstream(seed=7)
+
+
+@pytest.fixture
+async def upstream(aiohttp_server, fake: FakeUpstream):
+    return await aiohttp_server(fake.app)
+
+
+@pytest.fixture
+def settings(tmp_path, upstream) -> Settings:
+    return Settings.model_validate({
+        "server": {"upstream": str(upstream.make_url("")).rstrip("/")},
+        "recorder": {"db": str(tmp_path / "runtap.duckdb"), "batch_interval_ms": 5},
+    })
+
+
+@pytest.fixture
+async def proxy(aiohttp_server, settings: Settings):
+    return await aiohttp_server(make_app(settings))
+
+
+@pytest.fixture
+def parts(proxy) -> Parts:
+    return proxy.app[PARTS]
+
+
+@pytest.fixture
+async def client(proxy) -> AsyncIterator[AsyncOpenAI]:
+    async with AsyncOpenAI(base_url=str(proxy.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+async def azure_client(proxy) -> AsyncIterator[AsyncAzureOpenAI]:
+    async with AsyncAzureOpenAI(azure_endpoint=str(proxy.make_url("")), api_key=RAW_KEY,
+                                api_version="2024-05-01-preview", max_retries=0) as c:
+        yield c
+
+
+Query = Callable[..., list[tuple[Any, ...]]]
+
+
+@pytest.fixture
+def recorded(parts: Parts) -> Callable[[], Any]:
+    """`await recorded()` flushes the writer and returns `q(sql, *params) -> rows`."""
+
+    async def flushed() -> Query:
+        await parts.writer.flush()
+        cursor: duckdb.DuckDBPyConnection = parts.writer.cursor()
+
+        def q(sql: str, *params: Any) -> list[tuple[Any, ...]]:
+            return cursor.execute(sql, list(params)).fetchall()
+
+        return q
+
+    return flushed

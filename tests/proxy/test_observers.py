@@ -1,0 +1,38 @@
+from proxy.exchange import Exchange, Outcome
+from proxy.observers import Observer, Observers
+from proxy.routes import classify
+from proxy.testing.replay import Capture, replay
+
+
+class Broken(Observer):
+    name = "broken"
+
+    def exchange_started(self, ex):
+        raise RuntimeError("observer bug")
+
+    def run_event(self, ex, event):
+        raise ValueError("observer bug")
+
+
+def _exchange():
+    return Exchange(classify("POST", "/v1/threads/runs"), "POST", "/v1/threads/runs", "", None, b"{}")
+
+
+def test_a_failing_observer_is_isolated_counted_and_reported(caplog):
+    capture = Capture()
+    reported = []
+    observers = Observers([Broken(), capture], on_error=lambda name, hook: reported.append((name, hook)))
+    replay(observers, _exchange(), [])
+    assert [hook for hook, _ in capture.calls] == ["exchange_started", "response_started", "exchange_finished"]
+    assert observers.failures[("broken", "exchange_started")] == 1
+    assert reported == [("broken", "exchange_started")]
+    assert "observer broken failed in exchange_started" in caplog.text
+
+
+def test_exchange_finished_exactly_once():
+    capture = Capture()
+    ex = _exchange()
+    replay(capture, ex, [], Outcome.TRUNCATED)
+    assert not ex.finish(Outcome.COMPLETED)
+    assert ex.outcome is Outcome.TRUNCATED
+    assert [h for h, _ in capture.calls].count("exchange_finished") == 1

@@ -1,0 +1,133 @@
+import gzip
+
+import orjson
+
+from proxy.exchange import Exchange
+from proxy.observers import Observer, Observers
+from proxy.routes import classify
+from proxy.runs import RunState, RunTracker, ToolCallState
+from proxy.tap import Tap, parse_object
+from proxy.testing.replay import Capture
+
+RUN = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "assistant_id": "asst_1",
+       "model": "gpt-4o", "status": "queued", "created_at": 1_710_000_000, "usage": None}
+
+
+def sse(event: str, data) -> bytes:
+    text = data if isinstance(data, str) else orjson.dumps(data).decode()
+    return f"event: {event}\ndata: {text}\n\n".encode()
+
+
+STREAM = b"".join([
+    sse("thread.created", {"id": "thread_1", "object": "thread", "created_at": 1_710_000_000}),
+    sse("thread.run.created", RUN),
+    sse("thread.run.completed", RUN | {"status": "completed",
+                                       "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}),
+    sse("done", "[DONE]"),
+])
+
+
+def _tap(path="/v1/threads/runs", method="POST", body=b'{"assistant_id":"asst_1","stream":true}', status=200):
+    capture = Capture()
+    ex = Exchange(classify(method, path), method, path, "", "sha256:k", body)
+    ex.status = status
+    return Tap(ex, RunTracker(), Observers([capture]), 1 << 20), capture
+
+
+def test_stream_events_in_order_with_run_state_whatever_the_chunking():
+    for size in (1, 7, len(STREAM)):
+        tap, capture = _tap()
+        tap.response_started("text/event-stream; charset=utf-8", None)
+        for i in range(0, len(STREAM), size):
+            tap.feed(STREAM[i:i + size])
+        tap.close()
+        events = capture.events
+        assert [(e.seq, e.name) for e in events] == [
+            (0, "thread.created"), (1, "thread.run.created"), (2, "thread.run.completed"), (3, "done")]
+        assert events[3].data == "[DONE]" and events[3].obj is None
+        run = events[2].changes[0]
+        assert isinstance(run, RunState) and (run.status, run.total_tokens) == ("completed", 7)
+        assert (tap.ex.thread_id, tap.ex.run_id, tap.ex.event_count) == ("thread_1", "run_1", 4)
+        assert tap.done_seen and tap.ex.streamed
+        assert tap.ex.request_json == {"assistant_id": "asst_1", "stream": True}
+
+
+def test_gzip_bodies_are_decoded_for_the_tap_only():
+    tap, capture = _tap()
+    tap.response_started("text/event-stream", "gzip")
+    packed = gzip.compress(STREAM)
+    for i in range(0, len(packed), 5):
+        tap.feed(packed[i:i + 5])
+    tap.close()
+    assert [e.name for e in capture.events][-1] == "done"
+
+
+def test_json_body_is_one_snapshot_event():
+    tap, capture = _tap("/v1/threads/thread_1/runs/run_1", "GET", None)
+    tap.response_started("application/json", None)
+    body = orjson.dumps(RUN | {"status": "in_progress"})
+    tap.feed(body[:10])
+    tap.feed(body[10:])
+    tap.close()
+    [event] = capture.events
+    assert (event.source, event.seq, event.obj["status"]) == ("body", -1, "in_progress")
+    assert tap.ex.response_body == body
+
+
+def test_accepted_tool_outputs_become_a_request_event():
+    body = orjson.dumps({"tool_outputs": [{"tool_call_id": "call_1", "output": "72F"}], "stream": True})
+    tap, capture = _tap("/v1/threads/thread_1/runs/run_1/submit_tool_outputs", "POST", body)
+    tap.response_started("text/event-stream", None)
+    [event] = capture.events
+    assert event.source == "request"
+    [call] = event.changes
+    assert isinstance(call, ToolCallState) and (call.tool_call_id, call.output) == ("call_1", "72F")
+
+
+def test_refused_tool_outputs_are_not_joined():
+    body = orjson.dumps({"tool_outputs": [{"tool_call_id": "call_1", "output": "72F"}]})
+    tap, capture = _tap("/v1/threads/thread_1/runs/run_1/submit_tool_outputs", "POST", body, status=400)
+    tap.response_started("application/json", None)
+    assert capture.events == []
+
+
+def test_oversized_json_body_is_forwarded_but_not_recorded():
+    tap, capture = _tap("/v1/threads/thread_1/runs/run_1", "GET", None)
+    tap._max_body = 8
+    tap.response_started("application/json", None)
+    tap.feed(orjson.dumps(RUN))
+    tap.close()
+    assert tap.body_overflow and capture.events == [] and tap.ex.response_body is None
+
+
+def test_the_tap_never_raises(caplog):
+    class Exploding(Observer):
+        name = "exploding"
+
+        def run_event(self, ex, event):
+            raise RuntimeError("boom")
+
+    before = Tap.errors
+    tap, _ = _tap()
+    tap.response_started("text/event-stream", "gzip")  # but the bytes are not gzip
+    tap.feed(STREAM)
+    tap.feed(STREAM)  # parsing stopped after the first failure
+    tap.close()
+    assert Tap.errors == before + 1
+    assert "tap failed in feed" in caplog.text
+
+    observers = Observers([Exploding()])
+    tap, _ = _tap()
+    tap._observers = observers
+    tap.response_started("text/event-stream", None)
+    tap.feed(STREAM)
+    tap.close()
+    assert observers.failures[("exploding", "run_event")] == 4
+    assert Tap.errors == before + 1
+
+
+def test_parse_object():
+    assert parse_object('{"a": 1}') == {"a": 1}
+    assert parse_object(b'{"a": 1}') == {"a": 1}
+    for text in ("", "[DONE]", "[1]", "{bad", b"\xff"):
+        assert parse_object(text) is None
