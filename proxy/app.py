@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -35,9 +35,22 @@ class Parts:
     observers: Observers
     session: aiohttp.ClientSession | None = None
     forward: Handler | None = None
+    inflight: set[asyncio.Task[web.StreamResponse]] = field(default_factory=set)
 
 
 PARTS = web.AppKey("parts", Parts)
+
+
+async def _finish_inflight(tasks: set[asyncio.Task[web.StreamResponse]], grace_s: float) -> None:
+    """Let exchanges still running finish within the grace period, then cancel the rest."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(set(tasks), timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        log.warning("cancelled %d exchanges still running after the %.0f s grace period", len(pending), grace_s)
+        await asyncio.wait(pending)
 
 
 def make_app(settings: Settings, admin_token: str | None = None) -> web.Application:
@@ -74,8 +87,9 @@ def make_app(settings: Settings, admin_token: str | None = None) -> web.Applicat
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Accept"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        parts.forward = make_forward_handler(parts.session, settings, observers, tracker)
+        parts.forward = make_forward_handler(parts.session, settings, observers, tracker, parts.inflight)
         yield
+        await _finish_inflight(parts.inflight, settings.server.shutdown_grace_s)
         await parts.session.close()
 
     async def admin_listener(app: web.Application) -> AsyncIterator[None]:

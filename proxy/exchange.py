@@ -11,13 +11,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from .routes import Route
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How an exchange ended as transport (contract §6)."""
 
     COMPLETED = "completed"

@@ -61,6 +61,7 @@ def make_forward_handler(
     settings: Settings,
     observers: Observers,
     tracker: RunTracker,
+    inflight: set[asyncio.Task[web.StreamResponse]],
 ) -> Handler:
     upstream = settings.server.upstream.rstrip("/")
     max_body = settings.server.max_recorded_body_bytes
@@ -77,6 +78,15 @@ def make_forward_handler(
         return response
 
     async def forward(request: web.Request) -> web.StreamResponse:
+        # The exchange runs in its own task, shielded: a server that cancels handlers when the
+        # client disconnects (aiohttp's handler_cancellation) must not stop the recording. The
+        # owner of `inflight` cancels what is left at shutdown, after the grace period.
+        task = asyncio.get_running_loop().create_task(exchange(request))
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+        return await asyncio.shield(task)
+
+    async def exchange(request: web.Request) -> web.StreamResponse:
         route: Route = classify(request.method, request.path)
         body: bytes | None = None
         if route.recorded:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 
 
-class RouteKind(str, Enum):
+class RouteKind(StrEnum):
     CREATE_THREAD_AND_RUN = "create_thread_and_run"
     CREATE_RUN = "create_run"
     SUBMIT_TOOL_OUTPUTS = "submit_tool_outputs"

@@ -45,7 +45,7 @@ def _replay(record_content=True):
 
 
 def test_rows_for_requests_events_and_runs():
-    sink, ex = _replay()
+    sink, _ = _replay()
     requests = sink.table("requests")
     assert requests[0]["request_body"] == '{"assistant_id":"asst_1"}'
     assert requests[-1]["outcome"] == "completed" and requests[-1]["event_count"] == 0

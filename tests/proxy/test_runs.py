@@ -29,7 +29,8 @@ def requires_action(*calls):
 def step(status, type_="message_creation", usage=None, details=None, **extra):
     return {
         "id": "step_1", "object": "thread.run.step", "run_id": "run_1", "thread_id": "thread_1",
-        "type": type_, "status": status, "created_at": T0 + 1, "completed_at": T0 + 2 if status == "completed" else None,
+        "type": type_, "status": status, "created_at": T0 + 1,
+        "completed_at": T0 + 2 if status == "completed" else None,
         "usage": usage, "last_error": None,
         "step_details": details or {"type": "message_creation", "message_creation": {"message_id": "msg_1"}},
         **extra,

@@ -1,0 +1,386 @@
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.store import spill
+from proxy.store import writer as writer_module
+from proxy.store.migrations import TABLES, fresh_database, migrate
+from proxy.store.writer import StoreError, StoreLockedError, Writer, write_batch
+
+T0 = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def event(seq: int, request_id: str = "req_1", **extra: object) -> dict[str, object]:
+    return {"request_id": request_id, "seq": seq, "event": "thread.message.delta", "data": f'{{"n":{seq}}}',
+            "received_at": at(seq), "run_id": "run_1", **extra}  # fmt: skip
+
+
+def query(writer: Writer, sql: str) -> list[tuple[object, ...]]:
+    cursor = writer.cursor()
+    try:
+        return cursor.execute(sql).fetchall()
+    finally:
+        cursor.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "recording.duckdb"
+
+
+@pytest.fixture
+def writer(db_path: Path) -> Iterator[Writer]:
+    w = Writer(db_path)
+    w.start()
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def con(db_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    connection = duckdb.connect(str(db_path))
+    migrate(connection)
+    yield connection
+    connection.close()
+
+
+# -- row semantics ---------------------------------------------------------------------------------
+
+
+def test_upserts_merge_within_one_batch(con: duckdb.DuckDBPyConnection) -> None:
+    write_batch(con, TABLES, [
+        ("runs", {"run_id": "run_1", "status": "queued", "model": "gpt-4o", "first_seen_at": at(5)}),
+        ("runs", {"run_id": "run_1", "status": "in_progress", "model": None, "first_seen_at": at(9)}),
+        ("runs", {"run_id": "run_1", "status": None, "total_tokens": 42, "first_seen_at": at(1)}),
+        ("runs", {"run_id": "run_2", "status": "queued"}),
+    ])  # fmt: skip
+    sql = "select run_id, status, model, total_tokens, first_seen_at from runs order by 1"
+    assert con.execute(sql).fetchall() == [
+        ("run_1", "in_progress", "gpt-4o", 42, at(1)),
+        ("run_2", "queued", None, None, None),
+    ]
+
+
+def test_upserts_merge_with_the_database(con: duckdb.DuckDBPyConnection) -> None:
+    write_batch(con, TABLES, [("runs", {
+        "run_id": "run_1", "status": "queued", "model": "gpt-4o",
+        "first_seen_at": at(5), "last_seen_at": at(5),
+    })])  # fmt: skip
+    write_batch(con, TABLES, [("runs", {
+        "run_id": "run_1", "status": "completed", "model": None, "total_tokens": 7,
+        "first_seen_at": at(9), "last_seen_at": at(9),
+    })])  # fmt: skip
+    # A replayed, older row: later non-NULL values still win, but seen-at bounds only widen.
+    write_batch(con, TABLES, [("runs", {
+        "run_id": "run_1", "status": "in_progress", "first_seen_at": at(2), "last_seen_at": at(3),
+    })])  # fmt: skip
+    sql = "select status, model, total_tokens, first_seen_at, last_seen_at from runs"
+    assert con.execute(sql).fetchall() == [
+        ("in_progress", "gpt-4o", 7, at(2), at(9))
+    ]
+
+
+def test_a_row_with_only_its_key_never_changes_the_row(con: duckdb.DuckDBPyConnection) -> None:
+    write_batch(con, TABLES, [("messages", {"message_id": "msg_1", "text": "hi"})])
+    write_batch(con, TABLES, [("messages", {"message_id": "msg_1"})])
+    assert con.execute("select message_id, text from messages").fetchall() == [("msg_1", "hi")]
+
+
+def test_events_are_appended_and_a_repeated_key_is_ignored(con: duckdb.DuckDBPyConnection) -> None:
+    write_batch(con, TABLES, [("events", event(0)), ("events", event(1)), ("events", event(0, data="dup"))])
+    write_batch(con, TABLES, [("events", event(1, data="again")), ("events", event(2))])
+    assert con.execute("select seq, data from events order by seq").fetchall() == [
+        (0, '{"n":0}'), (1, '{"n":1}'), (2, '{"n":2}'),
+    ]  # fmt: skip
+
+
+def test_values_are_stored_exactly(con: duckdb.DuckDBPyConnection) -> None:
+    plus2 = dt.timezone(dt.timedelta(hours=2))
+    write_batch(con, TABLES, [
+        ("events", event(0, data="[DONE]", raw=None)),
+        ("events", event(1, data="data: {broken \x00 \U0001f600 'quoted'", raw=b"\x00\xff\n",
+                         received_at=dt.datetime(2026, 5, 1, 14, 0, tzinfo=plus2))),
+        ("requests", {"request_id": "req_1", "streamed": True, "ttfb_ms": 1.25, "status": 200,
+                      "request_body": '{"stream": true', "response_bytes": 2**40}),
+    ])  # fmt: skip
+    assert con.execute("select data, raw, received_at from events order by seq").fetchall() == [
+        ("[DONE]", None, at(0)),
+        ("data: {broken \x00 \U0001f600 'quoted'", b"\x00\xff\n", T0),
+    ]
+    assert con.execute(
+        "select streamed, ttfb_ms, status, request_body, response_bytes from requests"
+    ).fetchall() == [(True, 1.25, 200, '{"stream": true', 2**40)]
+
+
+@pytest.fixture(scope="module")
+def memory_con() -> Iterator[duckdb.DuckDBPyConnection]:
+    connection = fresh_database()
+    yield connection
+    connection.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.text(), min_size=1, max_size=5), blobs=st.lists(st.binary(), min_size=5, max_size=5))
+def test_any_text_and_bytes_are_stored_exactly(
+    memory_con: duckdb.DuckDBPyConnection, texts: list[str], blobs: list[bytes]
+) -> None:
+    memory_con.execute("delete from events")
+    write_batch(memory_con, TABLES, [("events", event(i, data=t, raw=blobs[i])) for i, t in enumerate(texts)])
+    assert memory_con.execute("select data, raw from events order by seq").fetchall() == list(
+        zip(texts, blobs, strict=False)
+    )
+
+
+def test_a_large_body_is_stored_exactly(con: duckdb.DuckDBPyConnection) -> None:
+    body = '{"content": "' + "\\u00e9\\n\"x\" " * 2_000_000 + '"}'  # ~16 MiB of escapes
+    write_batch(con, TABLES, [("requests", {"request_id": "req_1", "request_body": body})])
+    assert con.execute("select request_body = ? from requests", [body]).fetchall() == [(True,)]
+
+
+def test_values_orjson_cannot_encode_take_the_slower_path(con: duckdb.DuckDBPyConnection) -> None:
+    write_batch(con, TABLES, [("requests", {"request_id": "req_1", "duration_ms": Decimal("2.5")})])
+    assert con.execute("select duration_ms from requests").fetchall() == [(2.5,)]
+
+
+def test_a_failing_batch_is_rolled_back_entirely(
+    con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = writer_module._write_table
+
+    def fail_on_runs(c: duckdb.DuckDBPyConnection, spec: object, rows: list[dict[str, object]]) -> None:
+        if getattr(spec, "name", None) == "runs":
+            raise duckdb.IOException("injected")
+        real(c, spec, rows)  # type: ignore[arg-type]  # the real TableSpec, passed through
+
+    monkeypatch.setattr(writer_module, "_write_table", fail_on_runs)
+    with pytest.raises(duckdb.IOException):
+        write_batch(con, TABLES, [("events", event(0)), ("runs", {"run_id": "run_1"})])
+    assert con.execute("select count(*) from events").fetchall() == [(0,)]
+    write_batch(con, TABLES, [("events", event(0))])  # the connection is usable again
+    assert con.execute("select count(*) from events").fetchall() == [(1,)]
+
+
+# -- the writer ------------------------------------------------------------------------------------
+
+
+async def test_flush_is_a_barrier(writer: Writer) -> None:
+    for seq in range(1000):
+        writer.submit("events", event(seq))
+    writer.submit("runs", {"run_id": "run_1", "status": "completed"})
+    await writer.flush()
+    assert query(writer, "select count(*) from events") == [(1000,)]
+    assert query(writer, "select status from runs") == [("completed",)]
+    assert writer.rows_written_total == 1001
+    assert (writer.spilled_rows_total, writer.write_errors_total, writer.last_error) == (0, 0, None)
+    assert writer.healthy
+
+
+async def test_upserts_merge_across_batches(writer: Writer) -> None:
+    writer.submit("tool_calls", {"tool_call_id": "call_1", "name": "get_weather", "requested_at": at(1)})
+    await writer.flush()
+    writer.submit("tool_calls", {"tool_call_id": "call_1", "name": None, "output": "ok"})
+    writer.submit("tool_calls", {"tool_call_id": "call_1", "submitted_at": at(4)})
+    await writer.flush()
+    assert query(writer, "select name, output, requested_at, submitted_at from tool_calls") == [
+        ("get_weather", "ok", at(1), at(4))
+    ]
+
+
+async def test_batches_respect_batch_max_rows(db_path: Path) -> None:
+    w = Writer(db_path, batch_max_rows=7, batch_interval_s=0.001)
+    w.start()
+    try:
+        for seq in range(50):
+            w.submit("events", event(seq))
+        await w.flush()
+        assert query(w, "select count(*) from events") == [(50,)]
+    finally:
+        w.close()
+
+
+async def test_invalid_rows_are_spilled_without_failing_their_batch(writer: Writer) -> None:
+    writer.submit("events", event(0))
+    writer.submit("nope", {"x": 1})
+    writer.submit("runs", {"run_id": "run_1", "colour": "red"})
+    writer.submit("runs", {"status": "queued"})
+    await writer.flush()
+    assert query(writer, "select count(*) from events") == [(1,)]
+    assert (writer.rows_written_total, writer.spilled_rows_total, writer.write_errors_total) == (1, 3, 3)
+    assert writer.last_error == "runs: key columns ['run_id'] missing or NULL"
+    assert len(writer.spill_path.read_bytes().splitlines()) == 3
+
+
+async def test_a_write_failure_spills_the_batch_and_the_writer_goes_on(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = threading.Event()
+    real = writer_module.write_batch
+
+    def flaky(*args: object) -> None:
+        if failing.is_set():
+            raise duckdb.IOException("injected: disk full")
+        real(*args)  # type: ignore[arg-type]  # the real arguments, passed through
+
+    monkeypatch.setattr(writer_module, "write_batch", flaky)
+    w = Writer(db_path)
+    w.start()
+    try:
+        w.submit("events", event(0))
+        await w.flush()
+        failing.set()
+        for seq in (1, 2, 3):
+            w.submit("events", event(seq))
+        w.submit("runs", {"run_id": "run_1", "status": "in_progress", "model": "gpt-4o"})
+        await w.flush()
+        assert not w.healthy
+        assert w.last_error == "IOException: injected: disk full"
+        assert (w.spilled_rows_total, w.write_errors_total) == (4, 1)
+        failing.clear()
+        w.submit("events", event(4))
+        w.submit("runs", {"run_id": "run_1", "status": "completed"})
+        await w.flush()
+        assert w.healthy
+        assert query(w, "select seq from events order by seq") == [(0,), (4,)]
+        assert w.rows_written_total == 3
+    finally:
+        w.close()
+    assert len(w.spill_path.read_bytes().splitlines()) == 4
+
+    # The next start replays the spill: every row lands once, and the file is archived.
+    w2 = Writer(db_path)
+    report = w2.start()
+    try:
+        assert (report.replayed, report.skipped_corrupt, report.pending, report.errors) == (4, 0, 0, [])
+        assert query(w2, "select seq from events order by seq") == [(i,) for i in range(5)]
+        # The replayed row is older than the one written after it, yet it wins: replay cannot
+        # know better. model, which only the spilled row knew, is filled in.
+        assert query(w2, "select status, model from runs") == [("in_progress", "gpt-4o")]
+        assert not w2.spill_path.exists()
+        assert report.archived_to is not None and report.archived_to.exists()
+    finally:
+        w2.close()
+
+
+def test_start_replays_a_spill_and_skips_corrupt_lines(db_path: Path) -> None:
+    spill_path = Path(f"{db_path}.spill.jsonl")
+    spill.append(spill_path, [("events", event(0)), ("events", event(1))])
+    with spill_path.open("ab") as f:
+        f.write(b'{"table": "events", "row": {"request_id": "req_1", "seq": 2, \n')
+    spill.append(spill_path, [("events", event(1)), ("messages", {"message_id": "msg_1", "text": "hi"})])
+    w = Writer(db_path)
+    report = w.start()
+    try:
+        assert (report.replayed, report.skipped_corrupt, report.pending) == (4, 1, 0)
+        assert report.errors == [report.errors[0]] and report.errors[0].startswith("line 3: skipped")
+        assert w.last_error == report.errors[0]
+        assert query(w, "select seq from events order by seq") == [(0,), (1,)]
+        assert query(w, "select text from messages") == [("hi",)]
+    finally:
+        w.close()
+    again = Writer(db_path)
+    assert again.start().replayed == 0  # archived, so not replayed again
+    again.close()
+
+
+def test_start_refuses_a_database_locked_by_another_process(db_path: Path) -> None:
+    holder = "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); input()"
+    with subprocess.Popen(
+        [sys.executable, "-c", holder, str(db_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            w = Writer(db_path)
+            with pytest.raises(StoreLockedError) as info:
+                w.start()
+            assert str(db_path) in str(info.value)
+            assert "Could not set lock" in str(info.value)  # DuckDB's own words
+            assert isinstance(info.value, StoreError)
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=30)
+
+
+def test_one_named_non_daemon_thread_runs_until_close_which_is_idempotent(db_path: Path) -> None:
+    before = set(threading.enumerate())
+    w = Writer(db_path)
+    w.start()
+    (thread,) = set(threading.enumerate()) - before
+    # Not a daemon: the interpreter waits for it to drain and commit before exiting.
+    assert (thread.name, thread.daemon) == ("runtap-writer", False)
+    w.submit("events", event(0))
+    w.close()
+    w.close()
+    assert not thread.is_alive()
+    assert not w.healthy
+    with pytest.raises(StoreError):
+        w.cursor()
+    con = duckdb.connect(str(db_path))  # the file is free again
+    try:
+        assert con.execute("select count(*) from events").fetchall() == [(1,)]
+    finally:
+        con.close()
+
+
+async def test_rows_submitted_after_close_are_spilled_not_lost(db_path: Path) -> None:
+    w = Writer(db_path)
+    w.start()
+    w.close()
+    w.submit("events", event(0))
+    await w.flush()  # nothing to wait for
+    assert w.spilled_rows_total == 1
+    w2 = Writer(db_path)
+    assert w2.start().replayed == 1
+    w2.close()
+
+
+async def test_flush_before_start_says_so(db_path: Path) -> None:
+    with pytest.raises(StoreError, match="not running"):
+        await Writer(db_path).flush()
+
+
+def test_start_twice_is_refused(writer: Writer) -> None:
+    with pytest.raises(StoreError, match="once"):
+        writer.start()
+
+
+async def test_submit_is_cheap_on_the_loop(writer: Writer) -> None:
+    # submit() must not wait for the thread: 10,000 submits take far less than one batch write.
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for seq in range(10_000):
+        writer.submit("events", event(seq))
+    assert loop.time() - start < 0.5
+    await writer.flush()
+    assert query(writer, "select count(*) from events") == [(10_000,)]
+
+
+async def test_readers_use_their_own_cursor_while_the_thread_writes(writer: Writer) -> None:
+    writer.submit("events", event(0))
+    await writer.flush()
+    def count(cur: duckdb.DuckDBPyConnection) -> list[tuple[object, ...]]:
+        return cur.execute("select count(*) from events").fetchall()
+
+    counts = await asyncio.gather(*(writer.run_in_thread(count) for _ in range(4)))
+    assert counts == [[(1,)]] * 4
+
+
+async def test_run_in_thread_is_read_only(writer: Writer) -> None:
+    with pytest.raises(duckdb.TransactionException, match="read-only"):
+        await writer.run_in_thread(lambda cur: cur.execute("delete from events"))
