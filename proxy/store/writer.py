@@ -1,0 +1,484 @@
+"""The one owner of the recording's read-write DuckDB connection: a thread, a queue, batches.
+
+Why a thread (datasette's ``_execute_writes``): DuckDB calls block, and nothing on the event loop
+may block; a DuckDB connection is not thread-safe, so exactly one thread writes, and other threads
+read through their own ``cursor()``. DuckDB "is optimized for bulk operations", so the thread takes
+whatever is queued (up to ``batch_max_rows``, waiting at most ``batch_interval_s`` for more) and
+writes it in ONE transaction, one ``INSERT ... SELECT`` per table whose rows cross into DuckDB as a
+single JSON document of columns (``_select`` says why). Measured here (2 cores, 600-byte event
+rows, events with their primary key), inserts alone: per-row ``executemany`` ~1,400 rows/s, a
+multi-row ``VALUES`` ~6,000, one list parameter per column (``unnest(?)``) 35-57,000 but ~10 us/row
+under the GIL, the JSON document 45-64,000 with ~1 us/row under the GIL. End to end through
+``submit()`` and ``flush()`` (``scripts/bench_writer.py``): ~57,000 rows/s; at 20,000 rows/s the
+queue stays under ~6,000 rows (about one batch).
+
+Failure policy: a batch the database refuses is rolled back and appended to the spill file
+(``spill.py``), counted, and the thread goes on with the next batch; ``start()`` replays the spill.
+A row is never dropped silently: if even the spill cannot be written, the loss is logged and counted
+in ``lost_rows_total``. A caveat of replay: a spilled upsert row is applied after rows that were
+written later, so its non-NULL values win (except the seen-at bounds); statuses may step back until
+the run's next row. Events are unaffected.
+
+Row semantics, per table mode (``migrations.TableSpec``):
+
+- ``upsert``: rows with the same key merge. A later non-NULL value wins, a NULL never erases a known
+  value, ``first_seen_at``/``last_seen_at`` keep the earliest/latest (``MERGE_RULES``). Rows are
+  merged in Python first, because ``ON CONFLICT DO UPDATE`` cannot touch one row twice in one
+  statement, then against the table with ``COALESCE(excluded.c, t.c)``.
+- ``append`` (events): inserted; a repeated key is ignored, which makes spill replay idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import duckdb
+import orjson
+
+from proxy.errors import RuntapError
+from proxy.store import spill
+from proxy.store.migrations import MERGE_RULES, TableSpec, migrate, table_specs
+from proxy.store.spill import Item, ReplayReport, Row
+
+__all__ = ["ReplayReport", "StoreError", "StoreLockedError", "Writer", "write_batch"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StoreError(RuntapError):
+    """The recording database cannot be used (opened, migrated, or the writer is not running)."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the database file: DuckDB allows one read-write process per file."""
+
+
+_SHUTDOWN = object()
+
+
+@dataclass(slots=True)
+class _Flush:
+    """A barrier in the queue: resolved once every row queued before it is committed or spilled."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+    def resolve(self) -> None:
+        # RuntimeError: the loop closed while waiting, and there is nobody left to tell.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_set_done, self.future)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the waiter may have been cancelled
+        future.set_result(None)
+
+
+class Writer:
+    """Records rows into DuckDB from one thread. ``submit()`` is the only method for the event loop.
+
+    Lifecycle: ``start()`` (connect, migrate, replay the spill, start the thread), then ``submit()``
+    and ``await flush()`` from the loop, then ``close()``. Reads go through ``cursor()``.
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        *,
+        spill_path: Path | None = None,
+        batch_max_rows: int = 5000,
+        batch_interval_s: float = 0.05,
+    ) -> None:
+        if batch_max_rows < 1 or batch_interval_s < 0:
+            raise ValueError("batch_max_rows must be >= 1 and batch_interval_s >= 0")
+        self.db_path = Path(db_path)
+        self.spill_path = spill_path if spill_path is not None else Path(f"{self.db_path}.spill.jsonl")
+        self._batch_max_rows = batch_max_rows
+        self._batch_interval_s = batch_interval_s
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # The parent connection only makes cursors (under a lock); the thread writes through its own.
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._write_con: duckdb.DuckDBPyConnection | None = None
+        self._cursor_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._specs: dict[str, TableSpec] = {}
+        self._closed = False
+        self._last_batch_ok = True
+        self.rows_written_total = 0
+        """Rows (as submitted, before merging) committed to the database."""
+        self.spilled_rows_total = 0
+        """Rows appended to the spill file instead."""
+        self.write_errors_total = 0
+        """Batches the database refused, plus rows refused as invalid (unknown table/column, no key)."""
+        self.lost_rows_total = 0
+        """Rows that neither the database nor the spill file took (logged as errors)."""
+        self.last_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> ReplayReport:
+        """Open the database, migrate it, replay the spill file, start the thread. Blocks."""
+        if self._thread is not None or self._closed:
+            raise StoreError("Writer.start() may be called once, before close()")
+        self._con = _connect(self.db_path)
+        try:
+            self._write_con = self._con.cursor()
+            # Naive datetimes (which the recorder should not send) then mean UTC, not local time.
+            self._write_con.execute("set TimeZone = 'UTC'")
+            migrate(self._write_con)
+            self._specs = table_specs(self._write_con)
+            report = spill.replay(self.spill_path, self._apply_batch, tables=self._specs)
+        except Exception as exc:  # duckdb, the file system, or a migration's own error
+            self._con.close()
+            self._con = self._write_con = None
+            raise StoreError(f"cannot prepare {self.db_path}: {exc}") from exc
+        if report.errors:
+            self.last_error = report.errors[0]
+        self._thread = threading.Thread(target=self._run, name="runtap-writer", daemon=False)
+        self._thread.start()
+        return report
+
+    def close(self, timeout: float = 10) -> None:
+        """Drain the queue, commit, close the connection, join the thread. Idempotent. Blocks."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put_nowait(_SHUTDOWN)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise StoreError(f"writer thread still draining after {timeout}s ({self.queue_depth} queued)")
+        self._drain_leftovers()
+        with self._cursor_lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    # -- the event loop's side -------------------------------------------------------------------
+
+    def submit(self, table: str, row: Row) -> None:
+        """Queue one row. Never blocks, never touches DuckDB. Do not mutate ``row`` afterwards."""
+        if self._closed:
+            # Too late for the thread; losing the row is worse than one small file append.
+            self._spill([(table, row)])
+            return
+        self._queue.put_nowait((table, row))
+
+    async def flush(self) -> None:
+        """Resolve once every row submitted before this call is committed or spilled."""
+        if self._closed:
+            return  # close() drained everything
+        if self._thread is None or not self._thread.is_alive():
+            raise StoreError("the writer thread is not running (start() not called, or it died)")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put_nowait(_Flush(loop, future))
+        await future
+
+    # -- readers ---------------------------------------------------------------------------------
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new connection to the same database for another thread. The caller closes it."""
+        with self._cursor_lock:
+            if self._con is None:
+                raise StoreError("the writer is not started, or closed")
+            return self._con.cursor()
+
+    async def run_in_thread(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn(cursor)`` in a read-only transaction on the default executor, off the loop."""
+
+        def call() -> T:
+            cur = self.cursor()
+            try:
+                cur.execute("begin transaction read only")
+                return fn(cur)
+            finally:
+                cur.close()
+
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    # -- health ----------------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows (and barriers) waiting for the thread; approximate."""
+        return self._queue.qsize()
+
+    @property
+    def healthy(self) -> bool:
+        """Running, and the last batch reached the database (not the spill)."""
+        running = self._thread is not None and self._thread.is_alive() and not self._closed
+        return running and self._last_batch_ok
+
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug here must not strand flush() waiters or rows
+            self.last_error = f"writer thread died: {exc!r}"
+            log.critical("runtap writer thread died", exc_info=True)
+        finally:
+            self._drain_leftovers()
+            if self._write_con is not None:
+                self._write_con.close()
+
+    def _loop(self) -> None:
+        stopping = False
+        while True:
+            items, barriers, shutdown = self._collect(block=not stopping)
+            stopping = stopping or shutdown
+            if items:
+                self._write(items)
+            for barrier in barriers:
+                barrier.resolve()
+            if stopping and not (items or barriers or shutdown):
+                return  # the sentinel was seen and the queue is now empty
+
+    def _collect(self, block: bool) -> tuple[list[Item], list[_Flush], bool]:
+        """Take one batch: up to batch_max_rows, a barrier, or the sentinel, whichever comes first."""
+        items: list[Item] = []
+        deadline: float | None = None
+        try:
+            entry = self._queue.get() if block else self._queue.get_nowait()
+        except queue.Empty:
+            return items, [], False
+        while True:
+            if entry is _SHUTDOWN:
+                return items, [], True
+            if isinstance(entry, _Flush):
+                return items, [entry], False  # write now, so the barrier resolves promptly
+            items.append(entry)  # type: ignore[arg-type]  # only submit() puts other entries
+            if len(items) >= self._batch_max_rows:
+                return items, [], False
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                if not block:
+                    return items, [], False
+                if deadline is None:
+                    deadline = time.monotonic() + self._batch_interval_s
+                try:
+                    entry = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    return items, [], False
+
+    def _write(self, items: list[Item]) -> None:
+        valid = self._reject_invalid(items)
+        if not valid:
+            return
+        try:
+            self._apply_batch(valid)
+        except Exception as exc:  # whatever the cause, the rows go to the spill and we go on
+            self._last_batch_ok = False
+            self.write_errors_total += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("recording batch of %d rows refused, spilling it: %s", len(valid), self.last_error)
+            self._spill(valid)
+        else:
+            self._last_batch_ok = True
+            self.rows_written_total += len(valid)
+
+    def _reject_invalid(self, items: list[Item]) -> list[Item]:
+        """Spill rows no database could take (a recorder bug), so they cannot fail the batch."""
+        valid: list[Item] = []
+        invalid: list[Item] = []
+        for item in items:
+            spec = self._specs.get(item[0])
+            problem = f"unknown table {item[0]!r}" if spec is None else spec.problem(item[1])
+            if problem is None:
+                valid.append(item)
+            else:
+                invalid.append(item)
+                self.last_error = problem
+        if invalid:
+            self.write_errors_total += len(invalid)
+            log.error("%d invalid rows spilled, e.g. %s", len(invalid), self.last_error)
+            self._spill(invalid)
+        return valid
+
+    def _apply_batch(self, items: Sequence[Item]) -> None:
+        assert self._write_con is not None
+        write_batch(self._write_con, self._specs, items)
+
+    def _spill(self, items: Sequence[Item]) -> None:
+        try:
+            self.spilled_rows_total += spill.append(self.spill_path, items)
+        except Exception:  # disk full, permissions: the one place a row can be lost, so shout
+            self.lost_rows_total += len(items)
+            log.critical("LOST %d recording rows: cannot write %s", len(items), self.spill_path, exc_info=True)
+
+    def _drain_leftovers(self) -> None:
+        """Spill rows that raced the shutdown, and release any waiting flush()."""
+        rows: list[Item] = []
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(entry, _Flush):
+                entry.resolve()
+            elif entry is not _SHUTDOWN:
+                rows.append(entry)  # type: ignore[arg-type]  # only submit() puts other entries
+        if rows:
+            log.warning("%d rows arrived after the writer stopped; spilled for the next start", len(rows))
+            self._spill(rows)
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path))
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise StoreLockedError(
+                f"{path} is locked by another process; DuckDB allows one writer per file"
+                f" (is another runtap running on it?): {exc}"
+            ) from exc
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+
+
+# -- batch SQL -------------------------------------------------------------------------------------
+
+
+def write_batch(con: duckdb.DuckDBPyConnection, specs: Mapping[str, TableSpec], items: Sequence[Item]) -> None:
+    """Write valid rows in one transaction: all or nothing. Rolls back and re-raises on error."""
+    by_table: dict[str, list[Row]] = {}
+    for table, row in items:
+        by_table.setdefault(table, []).append(row)
+    con.execute("begin transaction")
+    try:
+        for table, rows in by_table.items():
+            _write_table(con, specs[table], rows)
+        con.execute("commit")
+    except Exception:
+        _rollback(con)
+        raise
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    # A failed COMMIT has already ended the transaction; the original error is the one to raise.
+    with contextlib.suppress(duckdb.Error):
+        con.execute("rollback")
+
+
+def _write_table(con: duckdb.DuckDBPyConnection, spec: TableSpec, rows: list[Row]) -> None:
+    if spec.mode == "upsert":
+        rows = _merge(spec, rows)
+    present: set[str] = set()
+    for row in rows:
+        present.update(row)
+    columns = [c for c in spec.columns if c in present]
+    params = {c: [row.get(c) for row in rows] for c in columns}
+    try:
+        payload = orjson.dumps(params, default=_base64)
+    except TypeError:  # orjson.JSONEncodeError: a value orjson cannot encode (Decimal, int > 64 bits)
+        con.execute(_insert_sql(spec, columns, via_json=False), list(params.values()))
+    else:
+        con.execute(_insert_sql(spec, columns, via_json=True), [payload])
+
+
+def _base64(value: object) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(type(value).__name__)
+
+
+def _merge(spec: TableSpec, rows: list[Row]) -> list[Row]:
+    """Fold rows with the same key into one, in submission order."""
+    merged: dict[object, Row] = {}
+    for row in rows:
+        key = tuple(row[c] for c in spec.key)
+        into = merged.get(key)
+        if into is None:
+            merged[key] = dict(row)  # a copy: the caller's dict is never changed
+        else:
+            _merge_into(into, row)
+    return list(merged.values())
+
+
+def _merge_into(into: Row, row: Row) -> None:
+    for column, value in row.items():
+        if value is None:
+            continue
+        old = into.get(column)
+        rule = MERGE_RULES.get(column)
+        if old is None or rule is None:
+            into[column] = value
+        else:
+            into[column] = _pick(rule, old, value)
+
+
+def _pick(rule: str, old: object, new: object) -> object:
+    try:
+        return min(old, new) if rule == "min" else max(old, new)  # type: ignore[type-var]  # caught below
+    except TypeError:
+        return new  # incomparable (naive vs aware datetime): fall back to "later wins"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _insert_sql(spec: TableSpec, columns: list[str], *, via_json: bool) -> str:
+    table = _ident(spec.name)
+    head = f"insert into {table} ({', '.join(map(_ident, columns))}) {_select(spec, columns, via_json)}"
+    if spec.mode == "append":
+        return head + " on conflict do nothing" if spec.key else head
+    updates = [f"{_ident(c)} = {_merged_value(table, c)}" for c in columns if c not in spec.key]
+    target = ", ".join(map(_ident, spec.key))
+    if not updates:
+        return f"{head} on conflict ({target}) do nothing"
+    return f"{head} on conflict ({target}) do update set {', '.join(updates)}"
+
+
+def _select(spec: TableSpec, columns: list[str], via_json: bool) -> str:
+    """The rows as a SELECT: from one JSON document of columns, or from one list parameter per column.
+
+    Why JSON: DuckDB converts a Python list parameter element by element while holding the GIL
+    (~10 us per event row), which stalls the event loop for tens of ms per batch. One bytes
+    parameter crosses as a single copy; DuckDB then parses it (yyjson) with the GIL released.
+    ``from_json_strict`` raises on a value that does not fit its column, where ``from_json``
+    would quietly store NULL. Bytes travel as base64 (orjson has no bytes type). orjson writes a
+    float NaN or infinity as null, so those (never expected in ``*_ms`` or token columns) are NULL.
+    """
+    if not via_json:
+        return "select " + ", ".join("unnest(?)" for _ in columns)
+    structure = orjson.dumps({c: _json_type(spec, c) + "[]" for c in columns}).decode()
+    values = ", ".join(_json_value(spec, c) for c in columns)
+    return f"select {values} from (select from_json_strict(decode(?), {_literal(structure)}) as j)"
+
+
+def _json_type(spec: TableSpec, column: str) -> str:
+    return "VARCHAR" if spec.types[column] == "BLOB" else spec.types[column]
+
+
+def _json_value(spec: TableSpec, column: str) -> str:
+    value = f"unnest(j.{_ident(column)})"
+    return f"from_base64({value})" if spec.types[column] == "BLOB" else value
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _merged_value(table: str, column: str) -> str:
+    new, old = f"excluded.{_ident(column)}", f"{table}.{_ident(column)}"
+    rule = MERGE_RULES.get(column)
+    if rule == "min":
+        return f"least({old}, {new})"  # DuckDB's least/greatest ignore NULLs
+    if rule == "max":
+        return f"greatest({old}, {new})"
+    return f"coalesce({new}, {old})"
