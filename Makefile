@@ -35,7 +35,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python scripts/bench.py
 
 schema-doc: $(RUN_STAMP)
-	$(BIN)/python -m proxy.store.migrations --doc
+	$(BIN)/python scripts/schema_doc.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -172,3 +172,19 @@ def test_doc_command_prints_the_schema() -> None:
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     assert out == schema_markdown()
+
+
+def test_readme_schema_section_is_generated_from_a_migrated_database():
+    """`make schema-doc` rewrites it; this fails when a migration changed and the docs did not."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[3]
+    sys.path.insert(0, str(root / "scripts"))
+    try:
+        from schema_doc import readme_section
+    finally:
+        sys.path.remove(str(root / "scripts"))
+    from proxy.store.migrations import schema_markdown
+
+    assert readme_section((root / "README.md").read_text()) == schema_markdown(), "run `make schema-doc`"
