@@ -37,6 +37,15 @@ class Parts:
     forward: Handler | None = None
     inflight: set[asyncio.Task[web.StreamResponse]] = field(default_factory=set)
 
+    async def flush(self, exchanges_timeout_s: float = 30.0) -> None:
+        """Until everything seen so far is in the database: exchanges in flight end (bounded),
+        the observers' work queued behind the relay (forward.py defers it with call_soon, FIFO)
+        runs, then the writer commits."""
+        if self.inflight:
+            await asyncio.wait(set(self.inflight), timeout=exchanges_timeout_s)
+        await asyncio.sleep(0)
+        await self.writer.flush()
+
 
 PARTS = web.AppKey("parts", Parts)
 

@@ -89,7 +89,9 @@ class Exchange:
         return True
 
 
-@dataclass(slots=True, frozen=True)
+# Not frozen: a frozen dataclass costs ~1.6 us to build against ~0.4 us, and one is built per
+# event on the tee path. Treat instances as immutable all the same.
+@dataclass(slots=True)
 class RunEvent:
     """One thing the upstream told us about a run: an SSE event, or a JSON body (a snapshot).
 

@@ -68,13 +68,11 @@ def make_forward_handler(
     drain_s = settings.timeouts.client_gone_drain_s
     read_s = settings.timeouts.read_s
 
-    def finish(ex: Exchange, outcome: Outcome, error: str | None = None) -> None:
+    def answer(ex: Exchange, response: web.Response, outcome: Outcome, error: str) -> web.Response:
+        """runtap answers itself (413, 502, 504): no tap, the exchange ends here."""
+        ex.status = response.status
         if ex.finish(outcome, error):
             observers.exchange_finished(ex)
-
-    def answer(ex: Exchange, response: web.Response, outcome: Outcome, error: str) -> web.Response:
-        ex.status = response.status
-        finish(ex, outcome, error)
         return response
 
     async def forward(request: web.Request) -> web.StreamResponse:
@@ -127,6 +125,10 @@ def make_forward_handler(
         response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason,
                                       headers=client_headers(headers))
         tap = Tap(ex, tracker, observers, max_body)
+        # The tap runs in callbacks queued behind the relay (FIFO, so in order): they run when the
+        # relay waits for the next chunk, never between a chunk's arrival and its write. With a
+        # fast upstream the whole response reaches the client before the recording starts.
+        defer = asyncio.get_running_loop().call_soon
         outcome, error = Outcome.COMPLETED, None
         client_open = True
         broke = False
@@ -136,8 +138,7 @@ def make_forward_handler(
             except _CLIENT_GONE:
                 client_open = _client_left(ex, upstream_response, drain_s)
             ex.t_headers = time.perf_counter()
-            tap.response_started(ex.content_type, headers.get("Content-Encoding"))
-            observers.response_started(ex)
+            defer(tap.response_started, ex.content_type, headers.get("Content-Encoding"))
             async for chunk in upstream_response.content.iter_any():
                 if client_open:
                     try:
@@ -146,19 +147,12 @@ def make_forward_handler(
                         # Keep reading: the run goes on upstream, and it must still be recorded.
                         client_open = _client_left(ex, upstream_response, drain_s)
                 ex.response_bytes += len(chunk)
-                tap.feed(chunk)
-            tap.close()
-            if ex.streamed and not tap.done_seen:
-                # A clean EOF is relayed as one: the client sees what the upstream did. The
-                # recording says the stream never finished.
-                outcome, error = Outcome.TRUNCATED, "stream ended before [DONE]"
+                defer(tap.feed, chunk, time.time())
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            tap.close()
             broke = True
             outcome, error = Outcome.TRUNCATED, f"{type(e).__name__}: {e}"
         except asyncio.CancelledError:
-            tap.close()
-            finish(ex, Outcome.TRUNCATED, "cancelled (shutdown)")
+            defer(tap.end, Outcome.TRUNCATED, "cancelled (shutdown)")
             raise
         if ex.client_gone:
             outcome = Outcome.CLIENT_GONE
@@ -170,7 +164,7 @@ def make_forward_handler(
             except _CLIENT_GONE:
                 ex.client_gone = True
                 outcome = Outcome.CLIENT_GONE
-        finish(ex, outcome, error)
+        defer(tap.end, outcome, error)
         return response
 
     return forward

@@ -97,11 +97,33 @@ class MessageState:
     assistant_id: str | None = None
     role: str | None = None
     status: str | None = None
-    text: str | None = None
+    snapshot_text: str | None = None
+    """The text of the latest full message object."""
     created_at: datetime | None = None
     completed_at: datetime | None = None
     incomplete_reason: str | None = None
-    delta_parts: list[str] = field(default_factory=list)
+    delta_data: list[str] = field(default_factory=list)
+    """Raw `thread.message.delta` data, parsed only if no full snapshot ever arrives."""
+
+    @property
+    def text(self) -> str | None:
+        """The full text: the snapshot's, else what the deltas said so far (a stream that broke
+        off still records its partial answer). Parsed here, when a row is written, not per delta."""
+        if self.snapshot_text is not None or not self.delta_data:
+            return self.snapshot_text
+        parts: list[str] = []
+        for data in self.delta_data:
+            try:
+                obj = orjson.loads(data)
+                content = obj["delta"].get("content") or ()
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                continue
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), dict):
+                    value = part["text"].get("value")
+                    if isinstance(value, str):
+                        parts.append(value)
+        return "".join(parts)
 
 
 @dataclass(slots=True)
@@ -196,8 +218,8 @@ class RunTracker:
             return [self._apply_message(obj)] if isinstance(obj.get("id"), str) else []
         if kind == "thread.run.step.delta":
             self._apply_step_delta(obj)
-        elif kind == "thread.message.delta":
-            self._apply_message_delta(obj)
+        elif kind == "thread.message.delta" and isinstance(obj.get("id"), str):
+            self.message_delta(obj["id"], orjson.dumps(obj).decode())
         elif kind == "list" and isinstance(obj.get("data"), list):
             changed: list[State] = []
             for item in obj["data"]:
@@ -370,8 +392,9 @@ class RunTracker:
         if isinstance(details, dict):
             message.incomplete_reason = details.get("reason")
         text = _message_text(obj.get("content"))
-        if text is not None and (text or message.text is None):
-            message.text = text
+        # The created/in_progress snapshots carry empty content: they must not hide the deltas.
+        if text:
+            message.snapshot_text = text
         return message
 
     def _message(self, message_id: str, run_id: str | None) -> MessageState:
@@ -383,19 +406,12 @@ class RunTracker:
         message.run_id = message.run_id or run_id
         return message
 
-    def _apply_message_delta(self, obj: dict[str, Any]) -> None:
-        message = self._messages.get(obj.get("id"))  # type: ignore[arg-type]
-        if message is None:
-            return
-        for part in (obj.get("delta") or {}).get("content") or ():
-            if isinstance(part, dict) and isinstance(part.get("text"), dict):
-                value = part["text"].get("value")
-                if isinstance(value, str):
-                    message.delta_parts.append(value)
-        if message.status != "completed":
-            # Until the completed snapshot arrives, the text is what the deltas said so far:
-            # a stream that breaks off still records the partial answer.
-            message.text = "".join(message.delta_parts)
+    def message_delta(self, message_id: str, data: str) -> None:
+        """A `thread.message.delta`, kept raw: most events of a stream are these, and their text
+        is needed only when the stream breaks off before `thread.message.completed`."""
+        message = self._messages.get(message_id)
+        if message is not None and message.snapshot_text is None:
+            message.delta_data.append(data)
             self.dirty[id(message)] = message
 
     # -- requests ----------------------------------------------------------------------------

@@ -51,7 +51,9 @@ _CR = 0x0D
 _COLON = 0x3A
 
 
-@dataclass(slots=True, frozen=True)
+# Not frozen: a frozen dataclass costs ~1.6 us to build against ~0.4 us, and one is built per
+# event on the tee path. Treat instances as immutable all the same.
+@dataclass(slots=True)
 class SseEvent:
     """One SSE frame, as dispatched at its blank line (or flushed by `SseDecoder.close()`)."""
 
@@ -159,6 +161,10 @@ class SseDecoder:
             return []
         self.bytes_fed += len(chunk)
         buf = self._buf
+        if not buf and not self._cr_seen and chunk[-2:] == b"\n\n" and b"\r" not in chunk:
+            # The common case: a chunk of whole LF frames (the upstream writes one event per
+            # write). Split it at once instead of walking it line by line.
+            return _whole_frames(chunk)
         fs = 0  # start of the current frame in buf
         cr_mode = self._cr_seen
         if not cr_mode and b"\r" in chunk:
@@ -252,3 +258,28 @@ def _fast_frame(buf: bytearray, start: int, end: int) -> SseEvent | None:
             except UnicodeDecodeError:
                 pass
     return _parse_frame(bytes(buf[start:end]), True)
+
+
+def _whole_frames(chunk: bytes) -> list[SseEvent]:
+    """Frames of a chunk that holds only complete LF-terminated frames (checked by the caller).
+
+    Splitting at blank lines gives the same frames as the line walk: a frame part that starts
+    with extra LFs is an empty line (nothing to dispatch) followed by the frame, and
+    `_parse_frame` skips empty lines.
+    """
+    events: list[SseEvent] = []
+    for frame in chunk.split(b"\n\n")[:-1]:
+        if frame[:7] == b"event: ":
+            i = frame.find(b"\n")
+            if i > 0 and frame[i + 1 : i + 7] == b"data: " and frame.find(b"\n", i + 1) < 0:
+                try:
+                    events.append(SseEvent(frame[7:i].decode(), frame[i + 7 :].decode()))
+                    continue
+                except UnicodeDecodeError:
+                    pass
+        frame = frame.lstrip(b"\n")  # leading empty lines end nothing and are not the frame's
+        if frame:
+            ev = _parse_frame(frame + b"\n", True)  # raw keeps its last line's ending
+            if ev is not None:
+                events.append(ev)
+    return events

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from .exchange import Exchange, RunEvent, utcnow
+from .exchange import Exchange, Outcome, RunEvent, utcnow
 from .observers import Observers
 from .routes import RouteKind
 from .runs import RunState, RunTracker, Seen, State
@@ -57,10 +58,23 @@ class Tap:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def response_started(self, content_type: str | None, content_encoding: str | None) -> None:
+        """The response's headers went to the client: tell the observers, prepare to parse."""
         try:
             self._start(content_type or "", (content_encoding or "").strip().lower())
         except Exception:
             self._failed("response_started")
+        self._observers.response_started(self.ex)
+
+    def end(self, outcome: Outcome, error: str | None = None) -> None:
+        """The exchange is over: flush, settle the outcome, `exchange_finished` exactly once."""
+        self.close()
+        ex = self.ex
+        if outcome is Outcome.COMPLETED and ex.streamed and not self.done_seen:
+            # A clean EOF is relayed as one (the client sees what the upstream did); the
+            # recording says the stream never finished.
+            outcome, error = Outcome.TRUNCATED, "stream ended before [DONE]"
+        if ex.finish(outcome, error):
+            self._observers.exchange_finished(ex)
 
     def _start(self, content_type: str, encoding: str) -> None:
         ex = self.ex
@@ -87,14 +101,17 @@ class Tap:
             self._deliver(RunEvent(-1, None, "", ex.request_json, ex.started_at, changes=tuple(changes),
                                    source="request"))
 
-    def feed(self, chunk: bytes) -> None:
-        """One raw chunk, as it went to the client. Sync, never raises."""
+    def feed(self, chunk: bytes, received: float | None = None) -> None:
+        """One raw chunk, as it went to the client (`received`: its epoch time). Never raises."""
         try:
             if self._inflate is not None:
                 chunk = self._inflate.decompress(chunk)
             if self._sse is not None:
-                for event in self._sse.feed(chunk):
-                    self._on_sse(event)
+                events = self._sse.feed(chunk)
+                if events:
+                    at = utcnow() if received is None else datetime.fromtimestamp(received, UTC)
+                    for event in events:
+                        self._on_sse(event, at)
             elif self._body is not None:
                 self._collect(chunk)
         except Exception:
@@ -112,7 +129,7 @@ class Tap:
                     self.feed(tail)
             if self._sse is not None:
                 for event in self._sse.close():
-                    self._on_sse(event)
+                    self._on_sse(event, utcnow())
             elif self._body is not None:
                 self._on_body(b"".join(self._body))
         except Exception:
@@ -141,21 +158,25 @@ class Tap:
         changes = self._tracker.apply(obj, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
         self._deliver(RunEvent(-1, None, "", obj, now, changes=tuple(changes), source="body"))
 
-    def _on_sse(self, event: SseEvent) -> None:
+    def _on_sse(self, event: SseEvent, now: datetime) -> None:
         ex = self.ex
-        now = utcnow()
-        obj = parse_object(event.data)
+        data = event.data
+        obj: dict[str, Any] | None = None
         changes: list[State] = []
-        if obj is not None:
-            if obj.get("object") == "thread" and isinstance(obj.get("id"), str):
+        if event.event == "thread.message.delta" and data.startswith('{"id":"'):
+            # The bulk of a stream: keep it raw, skip the JSON parse (runs.message_delta).
+            self._tracker.message_delta(data[7:data.find('"', 7)], data)
+        else:
+            obj = parse_object(data)
+            if obj is None:
+                self.done_seen = self.done_seen or event.is_done
+            elif obj.get("object") == "thread" and isinstance(obj.get("id"), str):
                 ex.thread_id = obj["id"]
             else:
                 changes = self._tracker.apply(obj, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
-        elif event.is_done:
-            self.done_seen = True
         seq = self._seq
         self._seq = ex.event_count = seq + 1
-        self._deliver(RunEvent(seq, event.event, event.data, obj, now, event.raw, tuple(changes)))
+        self._deliver(RunEvent(seq, event.event, data, obj, now, event.raw, tuple(changes)))
 
     def _deliver(self, event: RunEvent) -> None:
         ex = self.ex

@@ -77,7 +77,7 @@ def recorded(parts: Parts) -> Callable[[], Any]:
     """`await recorded()` flushes the writer and returns `q(sql, *params) -> rows`."""
 
     async def flushed() -> Query:
-        await parts.writer.flush()
+        await parts.flush()
         cursor: duckdb.DuckDBPyConnection = parts.writer.cursor()
 
         def q(sql: str, *params: Any) -> list[tuple[Any, ...]]:
