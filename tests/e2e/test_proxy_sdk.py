@@ -154,3 +154,50 @@ async def test_azure_paths_and_api_key_header(fake, azure_client, recorded):
     assert q("select route, key_id, query from requests") == [
         ("POST /openai/threads/runs", KEY_ID, "api-version=2024-05-01-preview")]
     assert q("select status, total_tokens, key_id from runs") == [("completed", 10, KEY_ID)]
+
+
+async def _stream_run(client, fake, script, **kwargs):
+    fake.enqueue(script)
+    async with client.beta.threads.create_and_run_stream(assistant_id="asst_abc", **kwargs) as stream:
+        await stream.until_done()
+        return stream.current_run
+
+
+async def test_failed_run_records_its_error(fake, client, recorded):
+    from proxy.testing.scripts import Outcome
+
+    run = await _stream_run(client, fake, Script.text("partial").ending(
+        Outcome.failed("The model crashed.", code="server_error")))
+    assert run.status == "failed"
+    q = await recorded()
+    assert q("select status, last_error_code, last_error_message from runs") == [
+        ("failed", "server_error", "The model crashed.")]
+
+
+async def test_incomplete_under_the_completed_event_name_is_recorded_incomplete(fake, client, recorded):
+    from proxy.testing.scripts import Outcome
+
+    await _stream_run(client, fake, Script.text("cut short").ending(
+        Outcome.incomplete("max_completion_tokens", under_completed_event=True)))
+    q = await recorded()
+    assert q("select status, incomplete_reason from runs") == [("incomplete", "max_completion_tokens")]
+    assert q("select count(*) from events where event = 'thread.run.completed'") == [(1,)]
+    assert q("select status, incomplete_reason from messages where role = 'assistant'") == [
+        ("incomplete", "max_tokens")]
+
+
+async def test_expired_and_cancelled_runs(fake, client, recorded):
+    expired = await _stream_run(client, fake, Script.text("slow").ending("expired"))
+    assert expired.status == "expired"
+    fake.enqueue(Script.tool_then_text())
+    run = await client.beta.threads.create_and_run_poll(assistant_id="asst_abc", poll_interval_ms=1)
+    assert run.status == "requires_action"
+    cancelling = await client.beta.threads.runs.cancel(thread_id=run.thread_id, run_id=run.id)
+    assert cancelling.status == "cancelling"
+    final = await client.beta.threads.runs.retrieve(thread_id=run.thread_id, run_id=run.id)
+    assert final.status == "cancelled"
+    q = await recorded()
+    assert sorted(q("select run_id, status from runs")) == sorted([(expired.id, "expired"), (run.id, "cancelled")])
+    [(ended_at,)] = q("select ended_at from runs where run_id = ?", run.id)
+    assert ended_at is not None
+    assert q("select output, submitted_at from tool_calls") == [(None, None)]
