@@ -8,42 +8,58 @@ proxy port reaches it. /healthz, /readyz and /metrics need no token; /admin/* ne
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .admin_sql import add_sql_routes
 from .config import ENV_ADMIN_TOKEN, Settings, parse_hostport
 from .errors import ConfigError, openai_error
+from .metrics import add_metrics_route
 
 if TYPE_CHECKING:
     from .app import Parts
 
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
-
-
-def admin_token(settings: Settings, env: dict[str, str] | None = None) -> str:
-    """$RUNTAP_ADMIN_TOKEN, else a fresh random token written beside the database (mode 0600).
+def admin_token(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """$RUNTAP_ADMIN_TOKEN, else a fresh random token (to be written by `write_token_file`).
 
     Refuses a non-loopback admin listener without $RUNTAP_ADMIN_TOKEN: a token on disk is
     only as private as the machine it is on.
     """
-    env = dict(os.environ) if env is None else env
+    env = os.environ if env is None else env
     token = env.get(ENV_ADMIN_TOKEN)
     host, _ = parse_hostport(settings.server.admin_listen)
-    if not token and host not in _LOOPBACK and not host.startswith("127."):
+    if not token and not _is_loopback(host):
         raise ConfigError(f"the admin listener on {host} is not loopback: set {ENV_ADMIN_TOKEN}")
-    if token:
-        return token
-    token = secrets.token_urlsafe(32)
+    return token or secrets.token_urlsafe(32)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other name may resolve anywhere: 127.attacker.example is not loopback
+
+
+def write_token_file(settings: Settings, token: str) -> Path:
+    """Write the token beside the database, mode 0600, where the read commands find it.
+
+    Called only once this process holds the database: a second proxy refused by the lock must
+    not replace the running one's token.
+    """
     path = token_path(settings)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
-    os.chmod(path, 0o600)
-    return token
+    os.chmod(path, 0o600)  # a file left behind by someone else may have had wider bits
+    return path
 
 
 def token_path(settings: Settings) -> Path:
@@ -74,4 +90,6 @@ def make_admin_app(parts: Parts, token: str) -> web.Application:
     app = web.Application(middlewares=[require_token])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    add_sql_routes(app, parts)
+    add_metrics_route(app, getattr(parts, "registry", None))  # None: a stub Parts without metrics
     return app

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from .errors import RuntapError
+from .errors import ConfigError, RuntapError
 
 EXIT_CONFIG = 2
 EXIT_STORE = 3
@@ -23,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .admin import admin_token
     from .app import make_app
-    from .config import load_settings, parse_hostport
+    from .config import ENV_ADMIN_TOKEN, load_settings, parse_hostport
 
     settings = load_settings(
         args.config,
@@ -33,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         },
     )
     token = admin_token(settings)
+    from_env = bool(os.environ.get(ENV_ADMIN_TOKEN))
     if settings.server.uvloop:
         try:
             import uvloop
@@ -42,14 +44,17 @@ def _serve(args: argparse.Namespace) -> int:
             pass
     host, port = parse_hostport(settings.server.listen)
     logging.getLogger("runtap").info("forwarding %s:%d → %s", host, port, settings.server.upstream)
-    web.run_app(
-        make_app(settings, admin_token=token),
-        host=host,
-        port=port,
-        shutdown_timeout=settings.server.shutdown_grace_s,
-        access_log=None,
-        print=lambda line: print(f"runtap: {line}", file=sys.stderr),
-    )
+    try:
+        web.run_app(
+            make_app(settings, admin_token=token, token_file=not from_env),
+            host=host,
+            port=port,
+            shutdown_timeout=settings.server.shutdown_grace_s,
+            access_log=None,
+            print=lambda line: print(f"runtap: {line}", file=sys.stderr),
+        )
+    except OSError as e:  # a port in use, an address not on this machine
+        raise ConfigError(f"cannot listen: {e}") from e
     return 0
 
 

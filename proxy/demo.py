@@ -62,10 +62,10 @@ async def _converse(base_url: str) -> None:
             thread_id=run.thread_id, run_id=run.id, tool_outputs=outputs, event_handler=Printer(),
         ) as stream:
             await stream.until_done()
-        print("\n\nuser (a polled run): Explain deep learning to a 5 year old.")
+        print("\n\nuser (a polled run): Any ideas for a quick break?")
         polled = await client.beta.threads.create_and_run_poll(
             assistant_id="asst_demo", poll_interval_ms=5,
-            thread={"messages": [{"role": "user", "content": "Explain deep learning to a 5 year old."}]})
+            thread={"messages": [{"role": "user", "content": "Any ideas for a quick break?"}]})
         messages = await client.beta.threads.messages.list(thread_id=polled.thread_id, order="desc", limit=1)
         print("assistant:", messages.data[0].content[0].text.value)  # type: ignore[union-attr]
 

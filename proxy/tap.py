@@ -153,6 +153,8 @@ class Tap:
         obj = parse_object(body)
         if obj is None:
             return
+        if obj.get("object") == "thread" and isinstance(obj.get("id"), str):
+            ex.thread_id = obj["id"]
         now = utcnow()
         # An error body ({"error": …}) has no `object` and changes nothing.
         changes = self._tracker.apply(obj, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
