@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-installed
 TEST_STAMP := $(VENV)/.test-installed
+PROMETHEUS_LISTEN ?= 127.0.0.1:9090
+PROMETHEUS_DATA ?= .prometheus
 
-.PHONY: run test lint demo bench schema-doc clean
+.PHONY: run test lint demo bench schema-doc clean observe prometheus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +27,22 @@ run: $(RUN_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check proxy analytics tests scripts
 
-test: lint
+test: lint prometheus
 	$(BIN)/pytest
+
+# Debian's prometheus: the end-to-end tests start one, `make observe` runs one. `apt-get update`
+# only when the package lists do not know it yet.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  apt-cache show prometheus >/dev/null 2>&1 || $$SUDO apt-get update -qq; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+
+# Prometheus scraping runtap's admin listener (127.0.0.1:9464) with dashboards/prometheus.yml; point
+# Grafana at dashboards/provisioning (see the files there) for the Overview and Runs dashboards.
+observe: prometheus
+	prometheus --config.file=dashboards/prometheus.yml --storage.tsdb.path=$(PROMETHEUS_DATA) \
+	  --web.listen-address=$(PROMETHEUS_LISTEN)
 
 demo: $(TEST_STAMP)
 	$(BIN)/runtap demo

@@ -7,20 +7,25 @@ served on its own listener so that no path on the proxy port can reach it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
-from .admin import make_admin_app
+from .admin import make_admin_app, write_token_file
 from .config import Settings, parse_hostport
 from .forward import Handler, make_forward_handler
+from .metrics import make_registry
 from .observers import Observers
 from .recorder import Recorder
 from .runs import RunTracker
+from .store.migrations import set_prices
 from .store.writer import Writer
+from .tracing import Tracing, make_tracing, tracing_cleanup
 
 log = logging.getLogger("runtap")
 
@@ -36,6 +41,8 @@ class Parts:
     session: aiohttp.ClientSession | None = None
     forward: Handler | None = None
     inflight: set[asyncio.Task[web.StreamResponse]] = field(default_factory=set)
+    registry: CollectorRegistry | None = None
+    tracing: Tracing | None = None
 
     async def flush(self, exchanges_timeout_s: float = 30.0) -> None:
         """Until everything seen so far is in the database: exchanges in flight end (bounded),
@@ -58,12 +65,15 @@ async def _finish_inflight(tasks: set[asyncio.Task[web.StreamResponse]], grace_s
     for task in pending:
         task.cancel()
     if pending:
-        log.warning("cancelled %d exchanges still running after the %.0f s grace period", len(pending), grace_s)
+        log.warning("cancelled %d exchanges still running after the %g s grace period", len(pending), grace_s)
         await asyncio.wait(pending)
 
 
-def make_app(settings: Settings, admin_token: str | None = None) -> web.Application:
-    """The proxy application. With `admin_token`, the admin listener is started beside it."""
+def make_app(
+    settings: Settings, admin_token: str | None = None, *, token_file: bool = False
+) -> web.Application:
+    """The proxy application. With `admin_token`, the admin listener is started beside it, and
+    with `token_file` the token is written beside the database once the database is ours."""
     writer = Writer(
         settings.recorder.db,
         spill_path=settings.spill_path,
@@ -71,8 +81,13 @@ def make_app(settings: Settings, admin_token: str | None = None) -> web.Applicat
         batch_interval_s=settings.recorder.batch_interval_ms / 1000,
     )
     tracker = RunTracker(settings.recorder.max_tracked_runs)
-    observers = Observers([Recorder(writer, tracker, record_content=settings.recorder.record_content)])
-    parts = Parts(settings, writer, tracker, observers)
+    registry, metrics = make_registry(writer, tracker, max_tracked=settings.recorder.max_tracked_runs)
+    tracing = make_tracing(settings, tracker, registry=registry)
+    watched = [Recorder(writer, tracker, record_content=settings.recorder.record_content), metrics,
+               *([tracing.observer] if tracing else [])]
+    observers = Observers(watched, on_error=metrics.observer_error)
+    metrics.watch_observers(o.name for o in watched)
+    parts = Parts(settings, writer, tracker, observers, registry=registry, tracing=tracing)
     # The proxy reads bodies itself (bounded per route, forward.py); aiohttp's own cap would
     # answer oversized bodies in its own error shape.
     app = web.Application(client_max_size=2**63 - 1, handler_args={"max_field_size": 65536})
@@ -81,6 +96,10 @@ def make_app(settings: Settings, admin_token: str | None = None) -> web.Applicat
     async def recording(app: web.Application) -> AsyncIterator[None]:
         report = await asyncio.to_thread(writer.start)
         log.info("recording to %s (%s)", settings.recorder.db, report)
+        with contextlib.closing(writer.cursor()) as cursor:  # list prices + the config's [prices]
+            await asyncio.to_thread(set_prices, cursor, settings.prices.models)
+        if admin_token is not None and token_file:
+            write_token_file(settings, admin_token)
         yield
         await asyncio.to_thread(writer.close)
 
@@ -118,5 +137,8 @@ def make_app(settings: Settings, admin_token: str | None = None) -> web.Applicat
         return await parts.forward(request)
 
     app.router.add_route("*", "/{tail:.*}", forward)
-    app.cleanup_ctx.extend([recording, upstream_session, admin_listener])
+    # Tracing first, so it is torn down last: after in-flight exchanges ended their spans.
+    # The admin listener binds before the writer starts: a port in use must fail before any
+    # thread runs (aiohttp does not clean up earlier startup steps when a later one fails).
+    app.cleanup_ctx.extend([tracing_cleanup(tracing), admin_listener, recording, upstream_session])
     return app

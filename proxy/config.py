@@ -10,9 +10,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
@@ -29,15 +29,32 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
+def _hostport(value: str) -> str:
+    try:
+        parse_hostport(value)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_hostport)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class ServerSettings(_Section):
     upstream: str = Field("https://api.openai.com", description="Base URL every request is forwarded to.")
-    listen: str = Field("127.0.0.1:8080", description="HOST:PORT the proxy listens on.")
-    admin_listen: str = Field(
+    listen: HostPort = Field("127.0.0.1:8080", description="HOST:PORT the proxy listens on.")
+    admin_listen: HostPort = Field(
         "127.0.0.1:9464", description="HOST:PORT of the admin listener (/metrics, /healthz, /admin/*)."
+    )
+    admin_sql_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="POST /admin/sql: a statement running longer is interrupted (400)."
+    )
+    admin_sql_max_rows: int = Field(
+        10_000, gt=0, le=1_000_000, description="POST /admin/sql: most rows in an answer (then truncated: true)."
     )
     max_recorded_body_bytes: int = Field(
         16 * 1024 * 1024, gt=0, le=1024**3,
@@ -84,10 +101,44 @@ class RecorderSettings(_Section):
     )
 
 
+class TelemetrySettings(_Section):
+    otlp_endpoint: str = Field(
+        "", description="OTLP/HTTP base URL for traces (spans go to <url>/v1/traces). Empty: the standard "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT variables, else no tracing at all.",
+    )
+    capture_content: bool = Field(
+        False, description="Put instructions, messages, tool arguments and tool results on spans (opt-in).",
+    )
+    max_open_runs: int = Field(
+        10_000, gt=0, le=1_000_000,
+        description="Run spans held open at once; past it the oldest is ended as abandoned (bounded memory).",
+    )
+    abandoned_run_s: float = Field(
+        3600.0, gt=0, le=7 * 86400,
+        description="A run span with no terminal status is ended as abandoned at its expires_at, or this many "
+        "seconds after it started when no expires_at is known.",
+    )
+
+
+class ModelPrice(_Section):
+    input_usd_per_1m: float = Field(ge=0, le=100_000, description="USD per million prompt (input) tokens.")
+    output_usd_per_1m: float = Field(ge=0, le=100_000, description="USD per million completion (output) tokens.")
+
+
+class PricesSettings(_Section):
+    models: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Per model name: replaces the shipped list price, or prices a model it lacks (an Azure "
+        "deployment, a fine-tune). Written to the prices table at start.",
+    )
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
     recorder: RecorderSettings = RecorderSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    prices: PricesSettings = PricesSettings()
 
     @property
     def spill_path(self) -> Path:
@@ -96,9 +147,10 @@ class Settings(_Section):
 
 def parse_hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"expected HOST:PORT, got {value!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"expected HOST:PORT with a port from 0 to 65535, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
 
 
 def load_settings(
@@ -127,4 +179,7 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"invalid configuration: {e}") from e
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from e

@@ -53,6 +53,10 @@ class Exchange:
     status: int | None = None
     content_type: str | None = None
     upstream_request_id: str | None = None
+    t_sent: float | None = None
+    """perf_counter when runtap handed the request to its upstream HTTP client."""
+    t_upstream_headers: float | None = None
+    """perf_counter when the upstream's status and headers were in (before they went to the client)."""
     t_headers: float | None = None
     t_end: float | None = None
     response_bytes: int = 0
@@ -63,6 +67,9 @@ class Exchange:
     thread_id: str | None = None
     run_id: str | None = None
     trace_id: str | None = None
+    """Hex trace id of the run this exchange touched (tracing sets it before the tap sees run objects)."""
+    traceparent: str | None = None
+    """The client's W3C `traceparent` header, if it sent one."""
     client_gone: bool = False
     outcome: Outcome | None = None
     error: str | None = None

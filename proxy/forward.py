@@ -96,8 +96,10 @@ def make_forward_handler(
                 return answer(ex, errors.request_too_large(max_body), Outcome.REJECTED, "request too large")
         ex = Exchange(route, request.method, request.path, request.query_string,
                       key_id_from_headers(request.headers), body)
+        ex.traceparent = request.headers.get("traceparent")
         observers.exchange_started(ex)
         try:
+            ex.t_sent = time.perf_counter()
             upstream_response = await session.request(
                 request.method,
                 URL(upstream + request.raw_path, encoded=True),
@@ -118,6 +120,7 @@ def make_forward_handler(
     async def _relay(
         request: web.Request, upstream_response: aiohttp.ClientResponse, ex: Exchange
     ) -> web.StreamResponse:
+        ex.t_upstream_headers = time.perf_counter()
         headers = upstream_response.headers
         ex.status = upstream_response.status
         ex.content_type = headers.get("Content-Type")

@@ -1,0 +1,181 @@
+"""Tracing setup: a TracerProvider per app, exporting OTLP/HTTP off the event loop (contract §9).
+
+`make_tracing()` builds nothing when no endpoint is configured: no provider, no observer, no
+per-event cost. Otherwise spans go through a `BatchSpanProcessor`, whose own thread runs the
+OTLP/HTTP exporter; the event loop only ever enqueues finished spans. The span logic itself is
+the `TracingObserver` in run_spans.py.
+
+Where spans go, first match wins:
+1. `[telemetry] otlp_endpoint`, a base URL like `http://127.0.0.1:4318` (spans to `/v1/traces`);
+2. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, the full traces URL;
+3. `OTEL_EXPORTER_OTLP_ENDPOINT`, a base URL (spans to `/v1/traces`).
+`OTEL_SDK_DISABLED=true` turns tracing off whatever the rest says. Other standard variables
+(headers, timeout, compression, sampler, resource attributes, service name) reach the SDK as usual.
+
+Failure policy: an export that fails (upstream collector down, refused, timed out) or raises is
+logged by the SDK and counted here (`runtap_span_export_failures_total`); it never raises into
+the proxy, and spans that could not be exported are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from . import __version__
+from .config import Settings
+from .run_spans import TracingObserver
+from .runs import RunTracker
+from .semconv import SCHEMA_URL
+
+log = logging.getLogger("runtap.tracing")
+
+ENV_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+"""Full URL spans are posted to (standard OTel variable)."""
+ENV_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+"""Base URL of an OTLP/HTTP receiver; spans go to `<url>/v1/traces` (standard OTel variable)."""
+ENV_SDK_DISABLED = "OTEL_SDK_DISABLED"
+"""`true` disables tracing (standard OTel variable)."""
+ENV_SERVICE_NAME = "OTEL_SERVICE_NAME"
+TRACES_PATH = "/v1/traces"
+
+
+def traces_endpoint(settings: Settings, env: Mapping[str, str] | None = None) -> str | None:
+    """The URL spans are posted to, or None when tracing is off."""
+    env = os.environ if env is None else env
+    if env.get(ENV_SDK_DISABLED, "").strip().lower() == "true":
+        return None
+    if settings.telemetry.otlp_endpoint:
+        return settings.telemetry.otlp_endpoint.rstrip("/") + TRACES_PATH
+    if env.get(ENV_TRACES_ENDPOINT):
+        return env[ENV_TRACES_ENDPOINT]
+    if env.get(ENV_ENDPOINT):
+        return env[ENV_ENDPOINT].rstrip("/") + TRACES_PATH
+    return None
+
+
+class CountingExporter(SpanExporter):
+    """Wraps an exporter: counts what failed, never lets an exception out (architecture.md §9.4).
+
+    Runs on the batch processor's thread; the counters are plain ints read at scrape time.
+    """
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported_spans = 0
+        self.failed_spans = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            log.exception("span export raised; %d spans dropped", len(spans))
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.exported_spans += len(spans)
+        else:
+            self.failed_spans += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        try:
+            self.inner.shutdown()
+        except Exception:
+            log.exception("span exporter shutdown failed")
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        try:
+            return self.inner.force_flush(timeout_millis)
+        except Exception:
+            log.exception("span exporter flush failed")
+            return False
+
+
+class TracingCollector:
+    """Tracing's own health for /metrics: export results and open run spans, read at scrape time."""
+
+    def __init__(self, exporter: CountingExporter, observer: TracingObserver) -> None:
+        self._exporter = exporter
+        self._observer = observer
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("runtap_spans_exported", "Spans the exporter delivered.",
+                                  value=self._exporter.exported_spans)
+        yield CounterMetricFamily("runtap_span_export_failures", "Spans dropped because their export failed.",
+                                  value=self._exporter.failed_spans)
+        yield GaugeMetricFamily("runtap_trace_open_runs", "Run spans open (runs not yet at a terminal status).",
+                                value=len(self._observer.open))
+
+
+@dataclass(slots=True)
+class Tracing:
+    """What tracing is made of; `close()` ends open spans and exports what is left."""
+
+    provider: TracerProvider
+    exporter: CountingExporter
+    observer: TracingObserver
+    closed: bool = False
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.observer.close()
+        # shutdown() flushes the batch processor, blocking on the exporter: off the loop.
+        await asyncio.to_thread(self.provider.shutdown)
+
+    async def flush(self) -> bool:
+        return await asyncio.to_thread(self.provider.force_flush)
+
+
+def make_tracing(settings: Settings, tracker: RunTracker | None = None, *,
+                 registry: CollectorRegistry | None = None, env: Mapping[str, str] | None = None,
+                 exporter: SpanExporter | None = None, batch: bool = True) -> Tracing | None:
+    """The app's tracing, or None (nothing built, nothing to pay) when no endpoint is configured.
+
+    `exporter` replaces the OTLP exporter (tests pass the SDK's InMemorySpanExporter);
+    `batch=False` exports each span as it ends, for tests that read spans synchronously.
+    """
+    env = os.environ if env is None else env
+    if exporter is None:
+        endpoint = traces_endpoint(settings, env)
+        if endpoint is None:
+            return None
+        exporter = OTLPSpanExporter(endpoint=endpoint)
+    attributes = {SERVICE_VERSION: __version__}
+    if not os.environ.get(ENV_SERVICE_NAME):  # Resource.create() reads it from there
+        attributes[SERVICE_NAME] = "runtap"
+    provider = TracerProvider(resource=Resource.create(attributes))
+    counting = CountingExporter(exporter)
+    provider.add_span_processor(BatchSpanProcessor(counting) if batch else SimpleSpanProcessor(counting))
+    telemetry = settings.telemetry
+    observer = TracingObserver(
+        provider.get_tracer("runtap", __version__, schema_url=SCHEMA_URL), tracker,
+        upstream=settings.server.upstream, capture_content=telemetry.capture_content,
+        max_open_runs=telemetry.max_open_runs, abandoned_run_s=telemetry.abandoned_run_s,
+    )
+    if registry is not None:
+        registry.register(TracingCollector(counting, observer))
+    return Tracing(provider, counting, observer)
+
+
+def tracing_cleanup(tracing: Tracing | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx pair: nothing at startup; at shutdown end open spans and flush the exporter."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if tracing is not None:
+            await tracing.close()
+
+    return ctx
