@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import duckdb
 
@@ -292,6 +292,277 @@ _M001_COLUMN_DOCS: dict[str, str] = {
     "messages.completed_at": "The message object's completed_at.",
     "messages.incomplete_reason": "incomplete_details.reason of an incomplete message.",
     "messages.text": "The text content, concatenated (from deltas until the completed snapshot arrives).",
+}
+
+
+# List prices of OpenAI models in USD per million tokens (input, output), standard tier. They seed
+# the `prices` table (m002), and the proxy rewrites the table at every start from this list and
+# the config's [prices] (app.py, `set_prices`), so a newer list reaches an old recording without a
+# migration. Cached-input and batch discounts are not modelled: runs record no cached tokens.
+PRICES_AS_OF = "2026-06-21"
+PRICES_SOURCE = f"list prices as of {PRICES_AS_OF} (platform.openai.com/docs/pricing, standard tier)"
+DEFAULT_PRICES: Mapping[str, tuple[float, float]] = {
+    "gpt-5": (1.25, 10.0),
+    "gpt-5-mini": (0.25, 2.0),
+    "gpt-5-nano": (0.05, 0.40),
+    "gpt-4.1": (2.0, 8.0),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4o": (2.50, 10.0),
+    "gpt-4o-mini": (0.15, 0.60),
+    "o3": (2.0, 8.0),
+    "o3-mini": (1.10, 4.40),
+    "o4-mini": (1.10, 4.40),
+    "o1": (15.0, 60.0),
+    "gpt-4-turbo": (10.0, 30.0),
+    "gpt-4": (30.0, 60.0),
+    "gpt-3.5-turbo": (0.50, 1.50),
+}
+
+
+class ModelPrice(Protocol):
+    @property
+    def input_usd_per_1m(self) -> float: ...
+    @property
+    def output_usd_per_1m(self) -> float: ...
+
+
+def price_rows(overrides: Mapping[str, ModelPrice] | None = None) -> list[dict[str, object]]:
+    """Rows of the `prices` table: the shipped list, with the config's entries replacing or adding models."""
+    rows: dict[str, dict[str, object]] = {
+        model: {"model": model, "input_usd_per_1m": i, "output_usd_per_1m": o, "source": PRICES_SOURCE}
+        for model, (i, o) in DEFAULT_PRICES.items()
+    }
+    for model, price in (overrides or {}).items():
+        rows[model] = {"model": model, "input_usd_per_1m": price.input_usd_per_1m,
+                       "output_usd_per_1m": price.output_usd_per_1m, "source": "config"}
+    return list(rows.values())
+
+
+def set_prices(con: duckdb.DuckDBPyConnection, overrides: Mapping[str, ModelPrice] | None = None) -> None:
+    """Make `prices` exactly the shipped list plus the config's entries, in one transaction.
+
+    Written once at start, before traffic, on its own cursor: prices are configuration, not
+    recording, so they skip the recorder's queue (and its row counters).
+    """
+    con.execute("begin transaction")
+    try:
+        con.execute("delete from prices")
+        con.executemany(_INSERT_PRICE, price_rows(overrides))
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
+
+
+_INSERT_PRICE = "insert into prices values ($model, $input_usd_per_1m, $output_usd_per_1m, $source)"
+
+
+@migration
+def m002_views(con: duckdb.DuckDBPyConnection) -> None:
+    # The views are the documented way to ask the common questions (README, "Querying"); they
+    # read only m001's columns, so they survive any later additive migration. Prices are a table,
+    # not constants in a view, so the operator's [prices] can replace them and a query can show
+    # what a run was priced at.
+    _run(
+        con,
+        "create table prices (model varchar primary key, input_usd_per_1m double, output_usd_per_1m double,"
+        " source varchar)",
+    )
+    con.executemany(_INSERT_PRICE, price_rows())
+    _run(con, _M002_RUNS_SUMMARY, _M002_STEP_LATENCY, _M002_TOOL_ROUND_LATENCY, _M002_TOOL_STATS,
+         _M002_USAGE_BY_KEY_DAY)
+    for name, text in _M002_DOCS.items():
+        kind = "column" if "." in name else ("table" if name == "prices" else "view")
+        _run(con, f"comment on {kind} {name} is '{text.replace(chr(39), chr(39) * 2)}'")
+
+
+# Durations subtract microsecond epochs (exact to the microsecond, unlike date_diff's whole units).
+_M002_RUNS_SUMMARY = """
+create view runs_summary as
+with model_prices as (
+    select m.model,
+           arg_max(p.model, length(p.model)) as priced_as,
+           arg_max(p.input_usd_per_1m, length(p.model)) as input_usd_per_1m,
+           arg_max(p.output_usd_per_1m, length(p.model)) as output_usd_per_1m
+    from (select distinct model from runs) m
+    join prices p on m.model = p.model or starts_with(m.model, p.model || '-')
+    group by m.model
+)
+select r.run_id, r.thread_id, r.assistant_id, r.model, r.key_id, r.status,
+       coalesce(r.created_at, r.first_seen_at) as created_at,
+       r.ended_at,
+       (epoch_us(r.ended_at) - epoch_us(coalesce(r.created_at, r.first_seen_at))) / 1000.0 as duration_ms,
+       (epoch_us(r.started_at) - epoch_us(r.created_at)) / 1000.0 as queued_ms,
+       r.tool_rounds,
+       r.prompt_tokens, r.completion_tokens, r.total_tokens,
+       p.priced_as,
+       r.prompt_tokens * p.input_usd_per_1m / 1e6 + r.completion_tokens * p.output_usd_per_1m / 1e6 as cost_usd,
+       r.last_error_code, r.last_error_message, r.incomplete_reason, r.request_count
+from runs r
+left join model_prices p on p.model = r.model
+"""
+
+_M002_STEP_LATENCY = """
+create view step_latency as
+select s.step_id, s.run_id,
+       row_number() over (partition by s.run_id order by s.created_at, s.first_seen_at, s.step_id) as step_index,
+       r.assistant_id, r.model, s.type, s.status, s.created_at, s.ended_at,
+       (epoch_us(s.ended_at) - epoch_us(s.created_at)) / 1000.0 as duration_ms,
+       (epoch_us(s.created_at) - epoch_us(coalesce(
+           lag(s.ended_at) over (partition by s.run_id order by s.created_at, s.first_seen_at, s.step_id),
+           r.started_at, r.created_at))) / 1000.0 as wait_ms,
+       s.prompt_tokens, s.completion_tokens, s.total_tokens, s.last_error_code, s.last_error_message
+from run_steps s
+left join runs r on r.run_id = s.run_id
+"""
+
+# A tool round is the calls of one requires_action: they share requested_at (when the run asked) and
+# submitted_at (one submit_tool_outputs carries every output), so the round's client time is not
+# the sum of its calls' times. Per round rather than per run, so a query that does not need it
+# (runs_summary, the commands' run lists) never pays for grouping every tool call.
+_M002_TOOL_ROUND_LATENCY = """
+create view tool_round_latency as
+select run_id,
+       row_number() over (partition by run_id order by requested_at) as round,
+       any_value(step_id) as step_id,
+       count(*) as calls,
+       string_agg(name, ', ' order by call_index, name) as tools,
+       requested_at,
+       max(submitted_at) as submitted_at,
+       (epoch_us(max(submitted_at)) - epoch_us(requested_at)) / 1000.0 as client_ms
+from tool_calls
+where type = 'function'
+group by run_id, requested_at
+"""
+
+# A call failed when its step did not complete, when its function output never arrived before the
+# run ended, or when the output the client submitted is a JSON object with an "error" member (the
+# usual way a tool reports failure to the model). The joins keep only the rare rows they need
+# (failed steps, runs still going), so the view costs one pass over tool_calls.
+_M002_TOOL_STATS = """
+create view tool_stats as
+with calls as (
+    select c.name, c.type,
+           (epoch_us(c.submitted_at) - epoch_us(c.requested_at)) / 1000.0 as client_ms,
+           s.step_id is not null
+           or (c.type = 'function' and c.submitted_at is null and a.run_id is null)
+           or coalesce(regexp_matches(c.output, '^\\s*\\{\\s*"error"\\s*:'), false) as failed
+    from tool_calls c
+    left join (select step_id from run_steps where status in ('failed', 'cancelled', 'expired')) s
+        on s.step_id = c.step_id
+    left join (select run_id from runs where status in ('queued', 'in_progress', 'requires_action', 'cancelling')) a
+        on a.run_id = c.run_id
+)
+select name, type,
+       count(*) as calls,
+       count(*) filter (where failed) as failures,
+       count(*) filter (where failed) / count(*) as failure_rate,
+       quantile_cont(client_ms, 0.5) as p50_client_ms,
+       quantile_cont(client_ms, 0.95) as p95_client_ms,
+       max(client_ms) as max_client_ms
+from calls
+group by name, type
+"""
+
+_M002_USAGE_BY_KEY_DAY = """
+create view usage_by_key_day as
+select key_id,
+       timezone('UTC', created_at)::date as day,
+       count(*) as runs,
+       sum(prompt_tokens)::bigint as prompt_tokens,
+       sum(completion_tokens)::bigint as completion_tokens,
+       sum(total_tokens)::bigint as total_tokens,
+       sum(cost_usd) as cost_usd,
+       count(*) filter (where cost_usd is null and total_tokens > 0) as unpriced_runs
+from runs_summary
+group by key_id, day
+"""
+
+# Docs of m002's objects (the README's schema section is generated from them). Frozen with m002.
+_M002_DOCS: dict[str, str] = {
+    "prices": "USD per million tokens per model, for the cost_usd columns. Shipped with OpenAI's list prices "
+    "(source says as of when); the config's [prices] replaces or adds models at each proxy start. A run's model "
+    "is priced by its exact name, else by the longest name here it starts with followed by a dash "
+    "(gpt-4o-2024-08-06 is priced as gpt-4o).",
+    "prices.model": "Model name as it appears in runs.model (for Azure, the deployment name).",
+    "prices.input_usd_per_1m": "USD per million prompt (input) tokens.",
+    "prices.output_usd_per_1m": "USD per million completion (output) tokens.",
+    "prices.source": "Where the price comes from: the shipped list and its date, or config.",
+    "runs_summary": "One row per run: how long it took, its tool rounds, tokens and cost. The starting point for "
+    "most questions; tool_round_latency has the client's tool time.",
+    "runs_summary.run_id": "The run's id.",
+    "runs_summary.thread_id": "Its thread.",
+    "runs_summary.assistant_id": "Its assistant.",
+    "runs_summary.model": "The model the run used.",
+    "runs_summary.key_id": "Fingerprint of the API key that created it.",
+    "runs_summary.status": "The run's last status.",
+    "runs_summary.created_at": "The run object's created_at (runtap's first sight if unknown).",
+    "runs_summary.ended_at": "When it reached a terminal status; NULL while it runs.",
+    "runs_summary.duration_ms": "created_at to ended_at: queueing, model calls and the client's tool time. "
+    "Run timestamps have one-second resolution.",
+    "runs_summary.queued_ms": "created_at to started_at.",
+    "runs_summary.tool_rounds": "How many times the run paused in requires_action.",
+    "runs_summary.prompt_tokens": "Final usage of the run.",
+    "runs_summary.completion_tokens": "Final usage of the run.",
+    "runs_summary.total_tokens": "Final usage of the run.",
+    "runs_summary.priced_as": "The prices.model the run was priced by; NULL if its model has no price.",
+    "runs_summary.cost_usd": "prompt_tokens and completion_tokens at the model's price; NULL if unpriced "
+    "or without usage.",
+    "runs_summary.last_error_code": "last_error.code of a failed run.",
+    "runs_summary.last_error_message": "last_error.message of a failed run.",
+    "runs_summary.incomplete_reason": "incomplete_details.reason of an incomplete run.",
+    "runs_summary.request_count": "Exchanges that carried the run (creates, continuations, polls).",
+    "step_latency": "One row per run step with its duration, the wait before it, and its usage: which model "
+    "calls are slow.",
+    "step_latency.step_id": "The step's id.",
+    "step_latency.run_id": "Its run.",
+    "step_latency.step_index": "Position of the step in its run, from 1.",
+    "step_latency.assistant_id": "The run's assistant.",
+    "step_latency.model": "The run's model.",
+    "step_latency.type": "message_creation or tool_calls.",
+    "step_latency.status": "The step's last status.",
+    "step_latency.created_at": "The step object's created_at.",
+    "step_latency.ended_at": "When the step reached a terminal status.",
+    "step_latency.duration_ms": "created_at to ended_at: the model call that made the step (one-second "
+    "resolution, from the upstream's timestamps).",
+    "step_latency.wait_ms": "From the previous step's end (or the run's start) to this step's creation: after "
+    "a tool_calls step, the client's tool time plus queueing.",
+    "step_latency.prompt_tokens": "The step's usage.",
+    "step_latency.completion_tokens": "The step's usage.",
+    "step_latency.total_tokens": "The step's usage.",
+    "step_latency.last_error_code": "last_error.code of a failed step.",
+    "step_latency.last_error_message": "last_error.message of a failed step.",
+    "tool_round_latency": "One row per tool round of a run (the function calls of one requires_action): when the "
+    "run asked, when the client submitted the outputs, and the client's time in between (runtap's clock).",
+    "tool_round_latency.run_id": "The run.",
+    "tool_round_latency.round": "Position of the round in its run, from 1.",
+    "tool_round_latency.step_id": "The tool_calls step (NULL if the client polled and never listed steps).",
+    "tool_round_latency.calls": "Function calls in the round (parallel tool calls).",
+    "tool_round_latency.tools": "Their function names.",
+    "tool_round_latency.requested_at": "When the run asked for the outputs (requires_action).",
+    "tool_round_latency.submitted_at": "When the client submitted them; NULL if it never did.",
+    "tool_round_latency.client_ms": "submitted_at - requested_at: the client's tool time for the round.",
+    "tool_stats": "One row per tool (name and type): calls, failures and the client's tool time percentiles. "
+    "A call failed when its step did not complete, when its function output never arrived before the run "
+    "ended, or when the submitted output is a JSON object with an \"error\" member.",
+    "tool_stats.name": "The function name, or the builtin tool's type.",
+    "tool_stats.type": "function, code_interpreter or file_search.",
+    "tool_stats.calls": "Calls made.",
+    "tool_stats.failures": "Calls that failed (see the view's description).",
+    "tool_stats.failure_rate": "failures / calls.",
+    "tool_stats.p50_client_ms": "Median client tool time (submitted_at - requested_at) of function calls.",
+    "tool_stats.p95_client_ms": "95th percentile client tool time.",
+    "tool_stats.max_client_ms": "Longest client tool time.",
+    "usage_by_key_day": "Tokens and cost per API key per UTC day (of the run's created_at).",
+    "usage_by_key_day.key_id": "Fingerprint of the API key.",
+    "usage_by_key_day.day": "UTC date the runs were created.",
+    "usage_by_key_day.runs": "Runs created that day with that key.",
+    "usage_by_key_day.prompt_tokens": "Their prompt tokens.",
+    "usage_by_key_day.completion_tokens": "Their completion tokens.",
+    "usage_by_key_day.total_tokens": "Their total tokens.",
+    "usage_by_key_day.cost_usd": "Their cost; priced runs only (see unpriced_runs).",
+    "usage_by_key_day.unpriced_runs": "Runs with tokens whose model has no price: not in cost_usd.",
 }
 
 

@@ -338,7 +338,10 @@ class Writer:
 
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(str(path))
+        # No file access through SQL (read_csv, COPY, ATTACH, INSTALL) nor Python replacement scans:
+        # /admin/sql runs on cursors of this connection, and the writer needs neither (the spill is
+        # plain Python I/O).
+        return duckdb.connect(str(path), config={"enable_external_access": False, "python_enable_replacements": False})
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise StoreLockedError(

@@ -12,7 +12,7 @@ import pytest
 from proxy.store import migrations
 from proxy.store.migrations import MIGRATIONS, TABLES, migrate, schema_markdown, table_specs
 
-PUBLIC_TABLES = {"requests", "events", "runs", "run_steps", "tool_calls", "messages"}
+PUBLIC_TABLES = {"requests", "events", "runs", "run_steps", "tool_calls", "messages", "prices"}
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -115,6 +115,7 @@ def test_columns_are_the_contract() -> None:
             "message_id", "thread_id", "run_id", "assistant_id", "role", "status", "text",
             "created_at", "completed_at", "incomplete_reason",
         ),
+        "prices": ("model", "input_usd_per_1m", "output_usd_per_1m", "source"),
     }  # fmt: skip
 
 
@@ -126,6 +127,7 @@ def test_keys_modes_and_types() -> None:
         "run_steps": ("upsert", ("step_id",)),
         "tool_calls": ("upsert", ("tool_call_id",)),
         "messages": ("upsert", ("message_id",)),
+        "prices": ("upsert", ("model",)),
     }
     for spec in TABLES.values():
         for column, data_type in spec.types.items():
