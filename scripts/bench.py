@@ -1,0 +1,1109 @@
+"""Benchmark: runtap in front of a fast upstream, against the same upstream called directly.
+
+Processes, all on loopback: the fast upstream (``scripts/bench_upstream.py``: precomputed bytes, a
+60-event streamed run and a JSON run, distinct ids per request), the proxy (``python -m proxy``,
+i.e. ``runtap serve``, recording to a fresh DuckDB file), the "floor" (the same script as a bare
+aiohttp + uvloop passthrough that records nothing; ``--no-floor`` skips it) and the load generator
+(this process: one aiohttp ClientSession on uvloop, keep-alive connections).
+
+Phases, in order:
+1. On the freshly started proxy (after a few recorded streams): 1,000 streams open at once, held
+   by the upstream after their first 5 events; the proxy's RSS is sampled while all are open, then
+   they are released and must all complete.
+2. Streamed runs (``POST /v1/threads/runs``, ``"stream": true``), then JSON runs
+   (``GET /v1/threads/{t}/runs/{r}``), each at concurrency 1 and 32: a warm-up, then a fixed
+   number of requests per target in alternating rounds (direct, floor, runtap, then the reverse).
+3. SIGTERM (the proxy drains and flushes); the DuckDB file is opened read-only and every proxied
+   request's rows (events, requests, runs) are counted against what was sent.
+4. store.Writer alone, in this process: rows/s unpaced, and its queue at a paced 20,000 rows/s.
+
+Per request: total latency and time to first event (the first body chunk holding ``event:``).
+Proxy CPU per request comes from /proc/PID/stat over each proxied round until the proxy is idle
+again, so the recording work for that round counts (the event-loop thread is also shown apart).
+Peak RSS is VmHWM, restarted for each phase. CPU used by other processes on the machine is
+reported, since it disturbs every figure. Output: Markdown tables on stdout, each figure beside
+its target; JSON with ``--json PATH``. Progress goes to stderr.
+
+    python scripts/bench.py [--quick] [--no-floor] [--json results.json] [--keep]
+
+The default run takes about two and a half minutes on 2 CPUs; ``--quick`` under one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import gc
+import hashlib
+import itertools
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+TARGETS = {
+    "added_p50_c1_ms": 0.5,
+    "added_p50_c32_ms": 3.0,
+    "throughput_ratio_c32": 0.7,
+    "recorder_events_per_s": 20_000,
+    "rss_open_mb": 150,
+}
+WRITER_MAX_DEPTH = 10_000
+"""'Without its queue growing': at the paced rate the queue never holds more than 0.5 s of rows."""
+BACKLOG_S = 0.3
+"""A proxy still busy longer than this after a round had a recording backlog: its queue grew."""
+QUIET_WINDOW_S = 0.1
+QUIET_TICKS = 1
+"""The proxy is idle when it used at most one clock tick (10 ms) of CPU in a 100 ms window."""
+BASE_HEADERS = {
+    "Authorization": "Bearer sk-bench-0000000000000000000000000000",
+    "OpenAI-Beta": "assistants=v2",
+}
+
+
+# -- /proc ---------------------------------------------------------------------------------------
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of the whole process and of its main (event-loop) thread."""
+
+    def read(path: str) -> float:
+        stat = Path(path).read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    return read(f"/proc/{pid}/stat"), read(f"/proc/{pid}/task/{pid}/stat")
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Restart VmHWM from the current RSS (Linux: write 5 to clear_refs), to take a phase's peak."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class OtherLoad:
+    """CPU used on the machine by anything but the benchmark's own processes: noise to report."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.t0 = time.perf_counter()
+        self.start = self._split()
+
+    def _split(self) -> tuple[float, float]:
+        ours = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                ours += cpu_times(pid)[0]
+        return machine_busy_s(), ours
+
+    def cores(self) -> float:
+        """Average number of CPUs the rest of the machine kept busy since the start."""
+        busy, ours = self._split()
+        wall = time.perf_counter() - self.t0
+        return max(0.0, (busy - self.start[0]) - (ours - self.start[1])) / wall if wall > 0 else 0.0
+
+
+async def settle(pid: int, deadline_s: float = 30.0) -> float:
+    """Wait until the process is idle; return how long it stayed busy (resolution QUIET_WINDOW_S)."""
+    start = time.perf_counter()
+    while True:
+        before = cpu_times(pid)[0]
+        t = time.perf_counter()
+        await asyncio.sleep(QUIET_WINDOW_S)
+        if cpu_times(pid)[0] - before <= QUIET_TICKS / CLK_TCK + 1e-9:
+            return t - start
+        if time.perf_counter() - start > deadline_s:
+            return float("inf")
+
+
+# -- child processes -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+    admin_url: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def spawn(name: str, argv: list[str], tmp: Path) -> Child:
+    log = tmp / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNTAP_")}
+    with log.open("wb") as f:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
+    return Child(name, proc, log)
+
+
+async def start_upstream(tmp: Path, name: str, relay_to: str | None = None) -> Child:
+    port_file = tmp / f"{name}.port"
+    argv = [PYTHON, str(ROOT / "scripts" / "bench_upstream.py"), "--listen", f"{HOST}:0",
+            "--port-file", str(port_file)]
+    if relay_to:
+        argv += ["--relay-to", relay_to]
+    child = spawn(name, argv, tmp)
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if child.proc.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            raise RuntimeError(f"{name} did not start:\n{child.tail()}")
+        await asyncio.sleep(0.05)
+    child.url = f"http://{HOST}:{int(port_file.read_text())}"
+    return child
+
+
+async def wait_healthy(session: aiohttp.ClientSession, child: Child, url: str, deadline_s: float = 30) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}")
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{child.name} not healthy after {deadline_s:.0f}s:\n{child.tail()}")
+
+
+async def start_proxy(session: aiohttp.ClientSession, tmp: Path, upstream: str, db: Path,
+                      config: str | None) -> Child:
+    for _attempt in range(3):  # a picked port can be taken before the proxy binds it
+        port, admin = free_port(), free_port()
+        argv = [PYTHON, "-m", "proxy", "--upstream", upstream, "--listen", f"{HOST}:{port}",
+                "--admin-listen", f"{HOST}:{admin}", "--db", str(db)]
+        if config:
+            argv += ["--config", config]
+        child = spawn("proxy", argv, tmp)
+        try:
+            await wait_healthy(session, child, f"http://{HOST}:{admin}/healthz")
+        except RuntimeError:
+            child.kill()
+            if "address already in use" in child.tail().lower():
+                continue
+            raise
+        child.url = f"http://{HOST}:{port}"
+        child.admin_url = f"http://{HOST}:{admin}"
+        return child
+    raise RuntimeError("could not find free ports for the proxy")
+
+
+def stop_proxy(child: Child, timeout: float = 120) -> dict[str, Any]:
+    """SIGTERM (drain, flush the recording, exit 0) and time it."""
+    t = time.perf_counter()
+    child.proc.send_signal(signal.SIGTERM)
+    try:
+        code = child.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        child.proc.kill()
+        code = child.proc.wait(5)
+        return {"exit_code": code, "shutdown_s": None, "killed": True}
+    return {"exit_code": code, "shutdown_s": time.perf_counter() - t, "killed": False}
+
+
+# -- load ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    latency: array[float] = field(default_factory=lambda: array("d"))
+    ttfe: array[float] = field(default_factory=lambda: array("d"))
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    error_examples: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    loop_cpu_s: float = 0.0
+    drain_s: list[float] = field(default_factory=list)
+    queue: list[float] = field(default_factory=list)
+    """The recorder's queue depth, sampled during the rounds (when the proxy exposes it)."""
+    queue_after: list[float] = field(default_factory=list)
+    """The queue depth right after each round: the backlog the recorder still had."""
+
+    def error(self, what: str) -> None:
+        self.errors += 1
+        if len(self.error_examples) < 5:
+            self.error_examples.append(what)
+
+
+class Load:
+    """Issues the benchmark's requests; every request carries a 20-character token that the
+    upstream puts in its ids, so the recording can be checked request by request."""
+
+    def __init__(self, session: aiohttp.ClientSession, info: dict[str, Any]) -> None:
+        self.session = session
+        self.info = info
+        self.counter = itertools.count()
+        self.sent_by_tag: dict[str, int] = {}
+        self.stream_body = json.dumps(info["stream_request"]).encode()
+        self.placeholder = info["placeholder"]
+
+    def token(self, tag: str) -> str:
+        self.sent_by_tag[tag] = self.sent_by_tag.get(tag, 0) + 1
+        return f"{tag}{next(self.counter):016d}"
+
+    async def stream(self, base: str, tag: str, s: Samples, hold: bool = False,
+                     on_first: Callable[[], None] | None = None) -> None:
+        headers = {**BASE_HEADERS, "Content-Type": "application/json", "x-bench-token": self.token(tag)}
+        if hold:
+            headers["x-bench-hold"] = "1"
+        s.sent += 1
+        t0 = time.perf_counter()
+        first = 0.0
+        size = 0
+        tail = b""
+        try:
+            async with self.session.post(base + "/v1/threads/runs", data=self.stream_body, headers=headers) as resp:
+                async for chunk in resp.content.iter_any():
+                    if not first and b"event:" in chunk:
+                        first = time.perf_counter()
+                        if on_first is not None:
+                            on_first()
+                    size += len(chunk)
+                    tail = chunk[-16:] if len(chunk) >= 16 else (tail + chunk)[-16:]
+                status = resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            s.error(f"{type(e).__name__}: {e}")
+            return
+        t1 = time.perf_counter()
+        if status != 200 or size != self.info["stream_bytes"] or not tail.endswith(b"data: [DONE]\n\n"):
+            s.error(f"status {status}, {size} bytes, tail {tail!r}")
+            return
+        s.ok += 1
+        s.latency.append(t1 - t0)
+        s.ttfe.append(first - t0)
+
+    async def json_run(self, base: str, tag: str, s: Samples) -> None:
+        token = self.token(tag)
+        path = self.info["run_path"].replace(self.placeholder, token)
+        headers = {**BASE_HEADERS, "x-bench-token": token}
+        s.sent += 1
+        t0 = time.perf_counter()
+        try:
+            async with self.session.get(base + path, headers=headers) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            s.error(f"{type(e).__name__}: {e}")
+            return
+        t1 = time.perf_counter()
+        if status != 200 or len(body) != self.info["json_bytes"]:
+            s.error(f"status {status}, {len(body)} bytes")
+            return
+        s.ok += 1
+        s.latency.append(t1 - t0)
+
+    async def round(self, kind: str, base: str, tag: str, n: int, concurrency: int, s: Samples,
+                    limit_s: float) -> None:
+        remaining = n
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                if kind == "stream":
+                    await self.stream(base, tag, s)
+                else:
+                    await self.json_run(base, tag, s)
+
+        gc.collect()
+        gc.disable()  # the client's own collector pauses would land on whichever target runs
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), limit_s)
+        except TimeoutError:
+            s.error(f"round timed out after {limit_s:.0f}s with {remaining} requests not started")
+            s.errors += max(0, remaining - 1)
+        finally:
+            s.wall_s += time.perf_counter() - t0
+            gc.enable()
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+
+def pct(values: array[float] | list[float], q: float) -> float | None:
+    if len(values) < 2:
+        return values[0] * 1000 if values else None
+    cuts = statistics.quantiles(values, n=1000, method="inclusive")
+    return cuts[round(q * 1000) - 1] * 1000
+
+
+def summary(s: Samples) -> dict[str, Any]:
+    return {
+        "requests": s.sent, "ok": s.ok, "errors": s.errors, "error_examples": s.error_examples,
+        "wall_s": s.wall_s, "rps": s.ok / s.wall_s if s.wall_s else None,
+        "p50_ms": pct(s.latency, 0.5), "p99_ms": pct(s.latency, 0.99),
+        "ttfe_p50_ms": pct(s.ttfe, 0.5), "ttfe_p99_ms": pct(s.ttfe, 0.99),
+        "cpu_ms_per_req": s.cpu_s * 1000 / s.ok if s.ok and s.cpu_s else None,
+        "loop_cpu_ms_per_req": s.loop_cpu_s * 1000 / s.ok if s.ok and s.cpu_s else None,
+        "max_drain_s": max(s.drain_s) if s.drain_s else None, "drain_total_s": sum(s.drain_s),
+        "max_queue": max(s.queue + s.queue_after) if s.queue or s.queue_after else None,
+        "max_queue_after_round": max(s.queue_after) if s.queue_after else None,
+    }
+
+
+def diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+class QueueProbe:
+    """The recorder's queue depth from the admin listener's /metrics, if the proxy exposes it there
+    (gauge ``runtap_recorder_queue_depth``); disabled at the first answer without it."""
+
+    METRIC = re.compile(rb"^runtap_recorder_queue_depth(?:\{[^}]*\})?\s+(\S+)", re.MULTILINE)
+    PERIOD_S = 0.25
+
+    def __init__(self, session: aiohttp.ClientSession, admin_url: str) -> None:
+        self.session = session
+        self.url = admin_url + "/metrics"
+        self.available = bool(admin_url)
+
+    async def depth(self) -> float | None:
+        if not self.available:
+            return None
+        try:
+            async with self.session.get(self.url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        match = self.METRIC.search(body) if status == 200 else None
+        if match is None:
+            self.available = False
+            return None
+        return float(match.group(1))
+
+    async def watch(self, out: list[float]) -> None:
+        """Sample until cancelled."""
+        while self.available:
+            depth = await self.depth()
+            if depth is not None:
+                out.append(depth)
+            await asyncio.sleep(self.PERIOD_S)
+
+
+# -- the phases ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    load: Load
+    upstream: Child
+    proxy: Child
+    floor: Child | None
+    probe: QueueProbe
+
+    def targets(self) -> list[tuple[str, str, Child | None]]:
+        out: list[tuple[str, str, Child | None]] = [("direct", self.upstream.url, None)]
+        if self.floor is not None:
+            out.append(("floor", self.floor.url, self.floor))
+        out.append(("runtap", self.proxy.url, self.proxy))
+        return out
+
+    def pids(self) -> list[int]:
+        return [os.getpid()] + [c.pid for c in (self.upstream, self.proxy, self.floor) if c is not None]
+
+    async def scenario(self, kind: str, concurrency: int, n: int) -> dict[str, Any]:
+        args = self.args
+        other = OtherLoad(self.pids())
+        peak_ok = reset_peak_rss(self.proxy.pid)
+        letter = "S" if kind == "stream" else "J"
+        samples = {name: Samples() for name, _, _ in self.targets()}
+        for name, base, child in self.targets():  # warm-up: connections, caches, the proxy's pools
+            await self.load.round(kind, base, f"{letter.lower()}{concurrency:02d}{name[0]}", args.warmup,
+                                  concurrency, Samples(), args.phase_timeout)
+            if child is not None:
+                await settle(child.pid)
+        per_round = [n // args.rounds + (1 if i < n % args.rounds else 0) for i in range(args.rounds)]
+        for i, count in enumerate(per_round):
+            order = self.targets() if i % 2 == 0 else self.targets()[::-1]
+            for name, base, child in order:
+                s = samples[name]
+                tag = f"{letter}{concurrency:02d}{name[0].upper()}"
+                before = cpu_times(child.pid) if child else (0.0, 0.0)
+                watch = asyncio.ensure_future(self.probe.watch(s.queue)) if child is self.proxy else None
+                await self.load.round(kind, base, tag, count, concurrency, s, args.phase_timeout)
+                if watch is not None:
+                    watch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watch
+                    depth = await self.probe.depth()
+                    if depth is not None:
+                        s.queue_after.append(depth)
+                if child is not None:
+                    # Until the proxy is idle again: the writer's share of this round counts too.
+                    s.drain_s.append(await settle(child.pid))
+                    after = cpu_times(child.pid)
+                    s.cpu_s += after[0] - before[0]
+                    s.loop_cpu_s += after[1] - before[1]
+        mem = memory_kb(self.proxy.pid)
+        out: dict[str, Any] = {"kind": kind, "concurrency": concurrency, "tag": f"{letter}{concurrency:02d}R",
+                               "other_load_cores": other.cores(), "rss_after_mb": mem["VmRSS"] / 1024,
+                               "rss_peak_mb": mem["VmHWM"] / 1024 if peak_ok else None}
+        for name, s in samples.items():
+            out[name] = summary(s)
+        direct = out["direct"]
+        for name in samples:
+            if name == "direct":
+                continue
+            r = out[name]
+            r["added_p50_ms"] = diff(r["p50_ms"], direct["p50_ms"])
+            r["added_p99_ms"] = diff(r["p99_ms"], direct["p99_ms"])
+            r["added_ttfe_p50_ms"] = diff(r["ttfe_p50_ms"], direct["ttfe_p50_ms"])
+            r["added_ttfe_p99_ms"] = diff(r["ttfe_p99_ms"], direct["ttfe_p99_ms"])
+            r["throughput_ratio"] = r["rps"] / direct["rps"] if r["rps"] and direct["rps"] else None
+        return out
+
+    async def open_streams(self, n: int) -> dict[str, Any]:
+        """n streams through the proxy at once; the upstream holds each after its first events."""
+        pid = self.proxy.pid
+        s = Samples()
+        opened = 0
+        all_open = asyncio.Event()
+
+        def on_first() -> None:
+            nonlocal opened
+            opened += 1
+            if opened == n:
+                all_open.set()
+
+        # A few recorded streams first, so that DuckDB's and the pools' one-time allocations are not
+        # counted as the cost of holding streams open.
+        await self.load.round("stream", self.proxy.url, "h00r", self.args.warmup, 8, Samples(), self.args.phase_timeout)
+        await settle(pid)
+        base = {"rss_before_mb": memory_kb(pid)["VmRSS"] / 1024, "fds_before": open_fds(pid)}
+        other = OtherLoad(self.pids())
+        peak_ok = reset_peak_rss(pid)
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=self.args.phase_timeout)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            load = Load(session, self.load.info)
+            load.counter = self.load.counter
+            load.sent_by_tag = self.load.sent_by_tag
+            t0 = time.perf_counter()
+            tasks = []
+            for i in range(n):
+                tasks.append(asyncio.ensure_future(load.stream(self.proxy.url, "H00R", s, True, on_first)))
+                if i % 100 == 99:
+                    await asyncio.sleep(0.02)  # a ramp, not a SYN flood into a 128-entry backlog
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_open.wait(), 60)
+            open_s = time.perf_counter() - t0
+            async with session.get(self.upstream.url + "/bench/held") as resp:
+                held = (await resp.json())["held"]
+            samples = []
+            for _ in range(10):
+                samples.append(memory_kb(pid)["VmRSS"])
+                await asyncio.sleep(0.1)
+            fds = open_fds(pid)
+            async with session.post(self.upstream.url + "/bench/release") as resp:
+                await resp.read()
+            await asyncio.gather(*tasks)
+            done_s = time.perf_counter() - t0
+        drain = await settle(pid)
+        mem = memory_kb(pid)
+        return {
+            **base, "streams": n, "opened": opened, "held_by_upstream": held, "open_s": open_s,
+            "completed": s.ok, "errors": s.errors, "error_examples": s.error_examples,
+            "rss_open_max_mb": max(samples) / 1024, "fds_open": fds, "total_s": done_s, "drain_s": drain,
+            "rss_after_mb": mem["VmRSS"] / 1024, "rss_peak_mb": mem["VmHWM"] / 1024 if peak_ok else None,
+            "other_load_cores": other.cores(),
+        }
+
+
+def count_recorded(db: Path, info: dict[str, Any], sent_by_tag: dict[str, int]) -> dict[str, Any]:
+    """Rows per request tag in the recording (read-only, after the proxy has exited)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        def by_tag(sql: str) -> dict[str, tuple[Any, ...]]:
+            return {row[0]: row[1:] for row in con.execute(sql).fetchall()}
+
+        events = by_tag("select substr(run_id, 5, 4), count(*), count(distinct request_id) from events group by 1")
+        requests = by_tag("select substr(run_id, 5, 4), count(*), count(*) filter (where outcome = 'completed')"
+                          " from requests group by 1")
+        runs = by_tag("select substr(run_id, 5, 4), count(*), count(*) filter (where status = 'completed'),"
+                      f" count(*) filter (where total_tokens = {int(info['total_tokens'])}) from runs group by 1")
+        messages = {tag: n for tag, n in con.execute(
+            "select substr(run_id, 5, 4), count(*) from messages where status = 'completed' and text = ? group by 1",
+            [info["answer"]]).fetchall()}
+        (orphans,) = con.execute("select count(*) from events where run_id is null").fetchone() or (0,)
+        (no_run,) = con.execute("select count(*) from requests where run_id is null").fetchone() or (0,)
+    finally:
+        con.close()
+    spill = Path(f"{db}.spill.jsonl")
+    out: dict[str, Any] = {"events_without_run_id": orphans, "requests_without_run_id": no_run, "tags": {},
+                           "spill": f"{spill.stat().st_size} bytes" if spill.exists() else "none"}
+    for tag, sent in sorted(sent_by_tag.items()):
+        if tag[-1] not in "Rr":  # only requests that went through runtap are recorded
+            continue
+        streamed = tag[0].upper() in "SH"
+        ev, rq, rn = events.get(tag, (0, 0)), requests.get(tag, (0, 0)), runs.get(tag, (0, 0, 0))
+        out["tags"][tag] = {
+            "sent": sent,
+            "events_expected": sent * info["events"] if streamed else 0,
+            "messages_expected": sent if streamed else 0, "messages_ok": messages.get(tag, 0),
+            "events": ev[0], "event_streams": ev[1],
+            "requests": rq[0], "requests_completed": rq[1],
+            "runs": rn[0], "runs_completed": rn[1], "runs_with_usage": rn[2],
+        }
+    return out
+
+
+async def writer_bench(rows_n: int, rate: float, tmp: Path, frames: list[bytes], placeholder: str) -> dict[str, Any]:
+    """store.Writer alone, with event rows built from the benchmark stream (as Recorder builds them)."""
+    from proxy.store.writer import Writer
+
+    parsed = []
+    for frame in frames:
+        head, _, data = frame.decode().rstrip("\n").partition("\ndata: ")
+        parsed.append((head.removeprefix("event: "), data))
+    now = dt.datetime.now(dt.UTC)
+    rows: list[dict[str, Any]] = []
+    for i in range(rows_n):
+        stream, seq = divmod(i, len(parsed))
+        token = f"W{stream:019d}"
+        event, data = parsed[seq]
+        rows.append({"request_id": f"rt_{stream:032x}", "seq": seq, "event": event,
+                     "data": data.replace(placeholder, token), "received_at": now, "run_id": f"run_{token}xxxx",
+                     "raw": None})
+    out: dict[str, Any] = {"rows": rows_n, "bytes_per_row": sum(len(str(r["data"])) for r in rows) / rows_n}
+    for label, pace in (("unpaced", 0.0), ("paced", rate)):
+        out[label] = await _writer_run(Writer(tmp / f"writer-{label}.duckdb"), rows, pace)
+    return out
+
+
+class _Probe:
+    """Samples the writer's queue depth and the event loop's lag every 5 ms."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.max_depth = 0
+        self.max_lag_s = 0.0
+        self.running = True
+
+    async def run(self) -> None:
+        while self.running:
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            self.max_lag_s = max(self.max_lag_s, time.perf_counter() - t - 0.005)
+            self.max_depth = max(self.max_depth, self.writer.queue_depth)
+
+
+async def _writer_run(writer: Any, rows: list[dict[str, Any]], pace: float) -> dict[str, Any]:
+    await asyncio.to_thread(writer.start)
+    probe = _Probe(writer)
+    task = asyncio.ensure_future(probe.run())
+    chunk = 100
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), chunk):
+        for row in rows[i : i + chunk]:
+            writer.submit("events", row)
+        if pace:
+            await asyncio.sleep(max(0.0, t0 + (i + chunk) / pace - time.perf_counter()))
+        else:
+            await asyncio.sleep(0)
+    submitted = time.perf_counter() - t0
+    await writer.flush()
+    elapsed = time.perf_counter() - t0
+    probe.running = False
+    await task
+    cur = writer.cursor()
+    (count,) = cur.execute("select count(*) from events").fetchone() or (0,)
+    cur.close()
+    await asyncio.to_thread(writer.close)
+    return {"rows_per_s": len(rows) / elapsed, "submit_s": submitted, "elapsed_s": elapsed,
+            "flush_lag_s": elapsed - submitted, "max_queue_depth": probe.max_depth,
+            "max_loop_stall_ms": probe.max_lag_s * 1000, "rows_in_db": count, "spilled": writer.spilled_rows_total}
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def fmt(v: float | None, unit: str = "", digits: int = 2) -> str:
+    if v is None:
+        return "n/a"
+    if v == float("inf"):
+        return "∞"
+    return f"{v:,.{digits}f}{unit}"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def le(v: float | None, limit: float) -> bool | None:
+    return None if v is None else v <= limit
+
+
+def ge(v: float | None, limit: float) -> bool | None:
+    return None if v is None else v >= limit
+
+
+def machine() -> dict[str, Any]:
+    import duckdb
+
+    try:
+        import uvloop
+    except ImportError:
+        uvloop_version = "not installed"
+    else:
+        uvloop_version = uvloop.__version__
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)), "cpu": model, "kernel": platform.release(),
+        "python": platform.python_version(), "aiohttp": aiohttp.__version__, "uvloop": uvloop_version,
+        "duckdb": duckdb.__version__, "runtap": _runtap_version(), "git": _git_head(),
+    }
+
+
+def _runtap_version() -> str:
+    from proxy import __version__
+
+    return str(__version__)
+
+
+def _git_head() -> str:
+    """The commit, and a hash of uncommitted changes to it (what was measured, exactly)."""
+    try:
+        head = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "proxy"], cwd=ROOT, capture_output=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    if not head:
+        return "not a git checkout"
+    if diff:
+        head += f", proxy/ diff sha256 {hashlib.sha256(diff).hexdigest()[:12]}"
+    return head or "?"
+
+
+def render(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        "## runtap benchmark",
+        "",
+        f"- Machine: {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}; Python {m['python']}, aiohttp "
+        f"{m['aiohttp']}, uvloop {m['uvloop']}, duckdb {m['duckdb']}; runtap {m['runtap']} ({m['git']})",
+        f"- Command: `{r['command']}`",
+        f"- Date: {r['date']}; wall time {r['wall_s']:.0f} s",
+        f"- Load: {r['setup']}",
+        f"- Other load on the machine during the run (CPUs kept busy by processes outside the benchmark): "
+        f"{r['other_load_cores']:.2f}" + (" — WARNING: figures are disturbed" if r["other_load_cores"] > 0.1 else ""),
+        "",
+    ]
+    sc = {(x["kind"], x["concurrency"]): x for x in r["scenarios"]}
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(metric: str, value: str, target: str, ok: bool | None) -> None:
+        rows.append((metric, value, target, verdict(ok)))
+
+    hi = r["config"]["high_concurrency"]
+    for kind in ("stream", "json"):
+        for c in (1, hi):
+            x = sc.get((kind, c))
+            if x is None:
+                continue
+            p = x["runtap"]
+            limit = TARGETS["added_p50_c1_ms"] if c == 1 else TARGETS["added_p50_c32_ms"]
+            add(f"Added p50 latency, {kind}, c={c}", fmt(p["added_p50_ms"], " ms"), f"≤ {limit} ms",
+                le(p["added_p50_ms"], limit))
+            add(f"Added p99 latency, {kind}, c={c}", fmt(p["added_p99_ms"], " ms"), "—", None)
+            if kind == "stream":
+                add(f"Added time to first event p50 / p99, c={c}",
+                    f"{fmt(p['added_ttfe_p50_ms'], ' ms')} / {fmt(p['added_ttfe_p99_ms'], ' ms')}", "—", None)
+            ratio = p["throughput_ratio"]
+            add(f"Throughput vs direct, {kind}, c={c}", fmt(ratio, "x"),
+                f"≥ {TARGETS['throughput_ratio_c32']}x" if c == hi else "—",
+                ge(ratio, TARGETS["throughput_ratio_c32"]) if c == hi else None)
+            add(f"Proxy CPU per request, {kind}, c={c} (event-loop thread)",
+                f"{fmt(p['cpu_ms_per_req'], ' ms', 3)} ({fmt(p['loop_cpu_ms_per_req'], ' ms', 3)})", "—", None)
+    rec = r.get("recording", {})
+    e2e = rec.get("stream_high")
+    if e2e:
+        queue_after = e2e["max_queue_after_round"]
+        grew = e2e["max_drain_s"] is None or e2e["max_drain_s"] > BACKLOG_S or (
+            queue_after is not None and queue_after > WRITER_MAX_DEPTH)
+        fast = e2e["events_per_s"] >= TARGETS["recorder_events_per_s"]
+        queue = "" if e2e["max_queue"] is None else (
+            f"; queue up to {e2e['max_queue']:,.0f} rows, {queue_after:,.0f} at a round's end")
+        add(f"Recorder inside runtap, stream c={hi}: events recorded per second, counting the catch-up after "
+            "each round; time the proxy stayed busy after a round (its backlog)",
+            f"{fmt(e2e['events_per_s'], '/s', 0)}; busy up to {fmt(e2e['max_drain_s'], ' s', 1)}{queue}",
+            f"≥ {TARGETS['recorder_events_per_s']:,}/s, busy ≤ {BACKLOG_S} s",
+            False if grew else (True if fast else None))  # n/a: no backlog, but the load offered was lower
+    wb = r.get("writer")
+    if wb:
+        paced = wb["paced"]
+        ok = wb["unpaced"]["rows_per_s"] >= TARGETS["recorder_events_per_s"] and paced["max_queue_depth"] <= (
+            WRITER_MAX_DEPTH) and paced["rows_per_s"] >= 0.97 * r["config"]["writer_rate"]
+        add("Recorder capacity (store.Writer alone): unpaced rows/s; max queue at a paced "
+            f"{r['config']['writer_rate']:,.0f} rows/s",
+            f"{fmt(wb['unpaced']['rows_per_s'], '/s', 0)}; depth ≤ {paced['max_queue_depth']:,} rows, "
+            f"flushed {fmt(paced['flush_lag_s'] * 1000, ' ms', 0)} after the last submit",
+            f"≥ {TARGETS['recorder_events_per_s']:,}/s, queue ≤ {WRITER_MAX_DEPTH:,}", ok)
+    if rec:
+        lost = rec["events_expected"] - rec["events"]
+        add("Recording complete (events, requests, runs, answers of every proxied request)",
+            f"{rec['events']:,} / {rec['events_expected']:,} events; {rec['requests']:,} / {rec['sent']:,} "
+            f"requests; {rec['runs']:,} / {rec['sent']:,} runs; {rec['messages_ok']:,} / {rec['messages_expected']:,}"
+            " answers", "no loss",
+            lost == 0 and rec["requests"] == rec["sent"] and rec["runs"] == rec["sent"] and rec["runs_ok"]
+            and rec["messages_ok"] == rec["messages_expected"])
+    o = r.get("open")
+    if o:
+        add(f"Proxy RSS with {o['streams']:,} streams open at once (fresh proxy; max while all open, and the "
+            "peak including their completion)",
+            f"{fmt(o['rss_open_max_mb'], ' MB', 1)} (peak {fmt(o['rss_peak_mb'], ' MB', 1)})",
+            f"≤ {TARGETS['rss_open_mb']} MB", le(o["rss_open_max_mb"], TARGETS["rss_open_mb"]) and (
+                o["opened"] == o["streams"]))
+        add(f"{o['streams']:,} open streams completed", f"{o['completed']:,} (errors {o['errors']})",
+            f"{o['streams']:,}", o["completed"] == o["streams"])
+    if "peak_rss_mb" in r:
+        add("Proxy peak RSS, whole run (VmHWM)", fmt(r["peak_rss_mb"], " MB", 1), f"≤ {TARGETS['rss_open_mb']} MB",
+            le(r["peak_rss_mb"], TARGETS["rss_open_mb"]))
+    if "shutdown" in r:
+        sd = r["shutdown"]
+        add("SIGTERM: drained, flushed, exit code", f"{sd['exit_code']} in {fmt(sd['shutdown_s'], ' s', 1)}", "0",
+            sd["exit_code"] == 0)
+    lines += ["| Metric | Measured | Target | Result |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines += ["", "### Per scenario", "",
+              "| Scenario | Via | OK / sent | req/s | p50 ms | p99 ms | TTFE p50 ms | TTFE p99 ms "
+              "| proxy CPU ms/req | busy after a round | proxy RSS after (peak) | other load |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["scenarios"]:
+        for name in ("direct", "floor", "runtap"):
+            if name not in x:
+                continue
+            v = x[name]
+            lines.append(
+                f"| {x['kind']} c={x['concurrency']} | {name} | {v['ok']:,} / {v['requests']:,}"
+                f" | {fmt(v['rps'], '', 0)} | {fmt(v['p50_ms'])} | {fmt(v['p99_ms'])}"
+                f" | {fmt(v['ttfe_p50_ms'])} | {fmt(v['ttfe_p99_ms'])}"
+                f" | {fmt(v['cpu_ms_per_req'], '', 3)} | {fmt(v['max_drain_s'], ' s', 1)}"
+                + ("" if v.get("max_queue") is None else f"; queue ≤ {v['max_queue']:,.0f}")
+                + (f" | {fmt(x['rss_after_mb'], ' MB', 0)} ({fmt(x['rss_peak_mb'], ' MB', 0)})"
+                   f" | {fmt(x['other_load_cores'], ' CPU')} |" if name == "runtap" else " | | |"))
+    if any("floor" in x for x in r["scenarios"]):
+        lines += ["", "runtap minus floor (the bare aiohttp passthrough): what recording costs on top of relaying.", "",
+                  "| Scenario | p50 ms | p99 ms | TTFE p50 ms | throughput | CPU ms/req |", "|---|---|---|---|---|---|"]
+        for x in r["scenarios"]:
+            if "floor" not in x:
+                continue
+            f, p = x["floor"], x["runtap"]
+            ratio = p["rps"] / f["rps"] if p["rps"] and f["rps"] else None
+            lines.append(f"| {x['kind']} c={x['concurrency']} | {fmt(diff(p['p50_ms'], f['p50_ms']))} | "
+                         f"{fmt(diff(p['p99_ms'], f['p99_ms']))} | {fmt(diff(p['ttfe_p50_ms'], f['ttfe_p50_ms']))} | "
+                         f"{fmt(ratio, 'x')} | {fmt(diff(p['cpu_ms_per_req'], f['cpu_ms_per_req']), '', 3)} |")
+    if rec:
+        lines += ["", "### Recording (read back from DuckDB after SIGTERM)", "",
+                  "| Requests | Sent | Events recorded / expected | requests rows (completed)"
+                  " | runs rows (completed, with the upstream's usage) | messages with the full answer |",
+                  "|---|---|---|---|---|---|"]
+        for tag, t in rec["tags"].items():
+            lines.append(f"| {TAG_NAMES.get(tag, tag)} | {t['sent']:,} | {t['events']:,} / {t['events_expected']:,}"
+                         f" | {t['requests']:,} ({t['requests_completed']:,})"
+                         f" | {t['runs']:,} ({t['runs_completed']:,}, {t['runs_with_usage']:,})"
+                         f" | {t['messages_ok']:,} / {t['messages_expected']:,} |")
+        lines.append(f"\nEvents without a run id: {rec['events_without_run_id']}; spill file: {rec['spill']}.")
+    if o:
+        lines += ["", f"### {o['streams']:,} streams open at once", "",
+                  f"All {o['opened']:,} streams had their first events after {o['open_s']:.1f} s (upstream holding "
+                  f"{o['held_by_upstream']:,}); proxy RSS {o['rss_before_mb']:.1f} MB before, "
+                  f"{o['rss_open_max_mb']:.1f} MB max while open ({o['fds_open']:,} fds; "
+                  f"{(o['rss_open_max_mb'] - o['rss_before_mb']) * 1024 / o['streams']:.1f} KB per open stream), "
+                  f"peak {fmt(o['rss_peak_mb'], ' MB', 1)} while they completed and were recorded, "
+                  f"{o['rss_after_mb']:.1f} MB after; all done {o['total_s']:.1f} s after the first was opened. "
+                  f"The proxy's RSS right after start was {r['rss_idle_mb']:.1f} MB."]
+    if wb:
+        lines += ["", "### store.Writer alone (in-process, event rows of the benchmark stream, "
+                  f"~{wb['bytes_per_row']:.0f} B of data each)", "",
+                  "| Run | rows/s | max queue depth | flushed after last submit | max loop stall | rows in db |",
+                  "|---|---|---|---|---|---|"]
+        for label in ("unpaced", "paced"):
+            w = wb[label]
+            name = label if label == "unpaced" else f"paced {r['config']['writer_rate']:,.0f}/s"
+            lines.append(f"| {name} | {fmt(w['rows_per_s'], '', 0)} | {w['max_queue_depth']:,} | "
+                         f"{fmt(w['flush_lag_s'] * 1000, ' ms', 0)} | {fmt(w['max_loop_stall_ms'], ' ms', 1)} | "
+                         f"{w['rows_in_db']:,} |")
+    errors = [(x["kind"], x["concurrency"], n, x[n]["error_examples"]) for x in r["scenarios"]
+              for n in ("direct", "floor", "runtap") if n in x and x[n]["error_examples"]]
+    if errors or (o and o["error_examples"]):
+        lines += ["", "### Errors (first few)", ""]
+        lines += [f"- {k} c={c} {n}: {e}" for k, c, n, e in errors]
+        if o and o["error_examples"]:
+            lines.append(f"- open streams: {o['error_examples']}")
+    return "\n".join(lines)
+
+
+TAG_NAMES = {
+    "S01R": "stream c=1", "S32R": "stream c=32", "J01R": "json c=1", "J32R": "json c=32", "H00R": "open streams",
+    "h00r": "warm-up before open streams", "s01r": "warm-up stream c=1", "s32r": "warm-up stream c=32",
+    "j01r": "warm-up json c=1", "j32r": "warm-up json c=32",
+}
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    children: list[Child] = []
+    r: dict[str, Any] = {
+        "machine": machine(), "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config": {"requests_c1": args.requests_c1, "requests_high": args.requests_high,
+                   "high_concurrency": args.concurrency, "rounds": args.rounds, "warmup": args.warmup,
+                   "open_streams": args.open_streams, "writer_rows": args.writer_rows,
+                   "writer_rate": args.writer_rate},
+        "targets": TARGETS, "scenarios": [],
+    }
+    db = tmp / "bench.duckdb"
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            upstream = await start_upstream(tmp, "upstream")
+            children.append(upstream)
+            async with session.get(upstream.url + "/bench/info") as resp:
+                info = await resp.json()
+            floor = None
+            if args.floor:
+                floor = await start_upstream(tmp, "floor", relay_to=upstream.url)
+                children.append(floor)
+            proxy = await start_proxy(session, tmp, upstream.url, db, args.config)
+            children.append(proxy)
+            run_load = OtherLoad([os.getpid()] + [c.pid for c in children])
+            r["setup"] = (f"fast upstream ({info['events']} events, {info['stream_bytes']:,} B per stream; JSON run "
+                          f"{info['json_bytes']:,} B); client {args.requests_c1:,} requests per target at c=1, "
+                          f"{args.requests_high:,} at c={args.concurrency}, in {args.rounds} alternating rounds after "
+                          f"{args.warmup} warm-up requests; proxy recording to a fresh DuckDB file")
+            r["rss_idle_mb"] = memory_kb(proxy.pid)["VmRSS"] / 1024
+            load = Load(session, info)
+            bench = Bench(args, load, upstream, proxy, floor, QueueProbe(session, proxy.admin_url))
+            if args.open_streams:  # first, on a fresh proxy: what holding the streams costs, alone
+                log(f"{args.open_streams:,} streams open at once")
+                r["open"] = await bench.open_streams(args.open_streams)
+                log(f"  RSS {r['open']['rss_open_max_mb']:.1f} MB, {r['open']['completed']} completed")
+            plan = [("stream", 1, args.requests_c1), ("stream", args.concurrency, args.requests_high),
+                    ("json", 1, args.requests_c1), ("json", args.concurrency, args.requests_high)]
+            for kind, c, n in plan:
+                if n <= 0:
+                    continue
+                log(f"{kind} c={c}: {n:,} requests per target")
+                r["scenarios"].append(await bench.scenario(kind, c, n))
+                _log_scenario(r["scenarios"][-1])
+            # VmHWM restarts with each phase (reset_peak_rss): the run's peak is the largest of them.
+            peaks = [x.get("rss_peak_mb") for x in [*r["scenarios"], r.get("open") or {}]]
+            r["peak_rss_mb"] = max([memory_kb(proxy.pid)["VmHWM"] / 1024] + [p for p in peaks if p])
+            frames = await _one_stream_frames(session, upstream.url, info)
+        r["other_load_cores"] = run_load.cores()  # while the children still exist to be told apart
+        log("stopping the proxy (SIGTERM)")
+        r["shutdown"] = await asyncio.to_thread(stop_proxy, proxy)
+        rec = count_recorded(db, info, load.sent_by_tag)
+        _totals(rec, r, args.concurrency)
+        r["recording"] = rec
+        for child in children:
+            child.kill()
+        if args.writer_rows:
+            log(f"store.Writer alone: {args.writer_rows:,} rows")
+            r["writer"] = await writer_bench(args.writer_rows, args.writer_rate, tmp, frames, info["placeholder"])
+    finally:
+        for child in children:
+            child.kill()
+    r["wall_s"] = time.perf_counter() - started
+    return r
+
+
+async def _one_stream_frames(session: aiohttp.ClientSession, upstream: str, info: dict[str, Any]) -> list[bytes]:
+    """The stream's frames, for the writer bench's rows."""
+    body = json.dumps(info["stream_request"]).encode()
+    async with session.post(upstream + "/v1/threads/runs", data=body, headers={
+            **BASE_HEADERS, "x-bench-token": info["placeholder"].replace("@", "P")}) as resp:
+        raw = await resp.read()
+    frames = [f + b"\n\n" for f in raw.split(b"\n\n") if f]
+    return [f.replace(b"P" * 20, info["placeholder"].encode()) for f in frames]
+
+
+def _totals(rec: dict[str, Any], r: dict[str, Any], hi: int) -> None:
+    tags = rec["tags"].values()
+    rec["sent"] = sum(t["sent"] for t in tags)
+    rec["events_expected"] = sum(t["events_expected"] for t in tags)
+    rec["events"] = sum(t["events"] for t in tags)
+    rec["requests"] = sum(t["requests"] for t in tags)
+    rec["runs"] = sum(t["runs"] for t in tags)
+    rec["runs_ok"] = sum(t["runs_completed"] == t["runs_with_usage"] == t["runs"] for t in tags) == len(tags)
+    rec["messages_ok"] = sum(t["messages_ok"] for t in tags)
+    rec["messages_expected"] = sum(t["messages_expected"] for t in tags)
+    for x in r["scenarios"]:
+        if x["kind"] == "stream" and x["concurrency"] == hi:
+            t = rec["tags"].get(f"S{hi:02d}R")
+            p = x["runtap"]
+            if t and p["wall_s"]:
+                busy = p["wall_s"] + p["drain_total_s"]
+                rec["stream_high"] = {"events": t["events"], "wall_s": p["wall_s"], "busy_s": busy,
+                                      "events_per_s": t["events"] / busy, "max_drain_s": p["max_drain_s"],
+                                      "max_queue": p["max_queue"], "max_queue_after_round": p["max_queue_after_round"]}
+
+
+def _log_scenario(x: dict[str, Any]) -> None:
+    d, p = x["direct"], x["runtap"]
+    log(f"  direct {fmt(d['rps'], '', 0)} req/s p50 {fmt(d['p50_ms'])} ms; runtap {fmt(p['rps'], '', 0)} req/s "
+        f"p50 {fmt(p['p50_ms'])} ms (+{fmt(p['added_p50_ms'])}), {fmt(p['cpu_ms_per_req'], '', 3)} ms CPU/req, "
+        f"errors {d['errors']}/{p['errors']}")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, need)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # children (the proxy) inherit it
+    if want < need:
+        log(f"warning: the fd limit {want} is below the {need} this run needs")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer requests (about a minute)")
+    p.add_argument("--requests-c1", type=int, help="requests per target at concurrency 1 (2,000; quick 500)")
+    p.add_argument("--requests-high", type=int, help="requests per target at high concurrency (10,000; quick 2,500)")
+    p.add_argument("--concurrency", type=int, default=32, help="the high concurrency (default 32)")
+    p.add_argument("--rounds", type=int, help="alternating rounds per scenario (4; quick 2)")
+    p.add_argument("--warmup", type=int, help="warm-up requests per target and scenario (200; quick 64)")
+    p.add_argument("--open-streams", type=int, default=1000, help="streams held open at once (0 skips)")
+    p.add_argument("--writer-rows", type=int, help="rows for the store.Writer bench (200,000; quick 60,000; 0 skips)")
+    p.add_argument("--writer-rate", type=float, default=20_000, help="paced rate for the writer bench (rows/s)")
+    p.add_argument("--no-floor", dest="floor", action="store_false",
+                   help="skip the bare aiohttp passthrough (no recording) measured beside runtap")
+    p.add_argument("--config", help="runtap TOML config for the proxy (default: built-in defaults)")
+    p.add_argument("--phase-timeout", type=float, default=180, help="longest one round may take (s)")
+    p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (database, logs)")
+    args = p.parse_args(argv)
+    q = args.quick
+    for name, full, quick in (("requests_c1", 2000, 500), ("requests_high", 10_000, 2500), ("rounds", 4, 2),
+                              ("warmup", 200, 64), ("writer_rows", 200_000, 60_000)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if q else full)
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    if not 1 <= args.concurrency <= 99:
+        p.error("--concurrency must be 1..99 (it is part of each request's 20-character token)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_fd_limit(4 * args.open_streams + 256)
+    tmp = Path(tempfile.mkdtemp(prefix="runtap-bench-"))
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            results = asyncio.run(run(args, tmp))
+        else:
+            results = uvloop.run(run(args, tmp))
+    except RuntimeError as e:  # a process did not start or answer: say why, with its log's tail
+        log(f"failed: {e}")
+        return 1
+    finally:
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(render(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

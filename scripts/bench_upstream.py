@@ -1,0 +1,257 @@
+"""A fast, stateless Assistants upstream for ``scripts/bench.py``.
+
+The bundled fake (``proxy/testing/fake_upstream.py``) is faithful: it keeps run state and validates
+every body, which costs more CPU per request than the proxy under test. This server answers from
+precomputed bytes instead. At startup it asks the fake once for a realistic streamed run (60 SSE
+events, ~15 KB: thread, run, step and message lifecycle, 48 message deltas, ``done``) and for the
+JSON of that run once completed, and keeps them as templates. Per request it only substitutes the
+ids, so every response carries distinct thread, run, step and message ids (the recorder then
+stores distinct runs):
+
+- ``POST /v1/threads/runs``: the stream, each event its own write, ``text/event-stream;
+  charset=utf-8`` and an ``x-request-id``. The request body is read and ignored.
+- ``GET /v1/threads/{thread_id}/runs/{run_id}``: the completed run as pretty-printed JSON.
+
+The ids are ``<prefix>_<token><4 chars>``; the 20-character token comes from the
+``x-bench-token`` request header (the benchmark tags each request with it and finds its rows in the
+recording by it), else from a counter. ``x-bench-hold: 1`` holds a stream after its first
+``HOLD_AFTER`` events until ``POST /bench/release`` (or ``--hold-timeout`` seconds). Control
+endpoints: ``GET /bench/info`` (template sizes, the path template), ``GET /bench/held``.
+
+With ``--relay-to URL`` it is instead a bare aiohttp + uvloop passthrough that records nothing (the
+same relay loop as runtap's forward.py, minus the tap): the floor that any aiohttp proxy pays,
+which ``bench.py --floor`` measures beside runtap.
+
+    python scripts/bench_upstream.py [--listen 127.0.0.1:0] [--port-file FILE] [--relay-to URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxy.testing.fake_upstream import FakeUpstream  # after the path tweak, to run from a checkout
+from proxy.testing.scripts import Script
+
+PLACEHOLDER = b"@" * 20
+TOKEN_LEN = len(PLACEHOLDER)
+HOLD_AFTER = 5
+_ID = re.compile(rb"\b(thread|run|step|msg)_([A-Za-z0-9]{24})\b")
+_TOKEN = re.compile(r"[A-Za-z0-9]{20}")
+ASSISTANT_ID = "asst_BenchAssistant000000000"
+ANSWER = (
+    "Deep learning is a way for computers to learn patterns from lots of examples, a bit like how you learn to "
+    "recognise cats after seeing many cats. Each layer of a network transforms its input a little, and training "
+    "nudges millions of weights until the output matches the examples well enough to generalise."
+)
+STREAM_REQUEST = {
+    "assistant_id": ASSISTANT_ID,
+    "stream": True,
+    "thread": {"messages": [{"role": "user", "content": "What is deep learning? Explain it to a ten year old."}]},
+}
+
+
+def _template(data: bytes) -> bytes:
+    """Replace the first 20 characters of every thread/run/step/msg id by the placeholder."""
+    if PLACEHOLDER in data:
+        raise ValueError("the placeholder occurs in the captured bytes")
+    return _ID.sub(lambda m: m.group(1) + b"_" + PLACEHOLDER + m.group(2)[TOKEN_LEN:], data)
+
+
+async def capture() -> tuple[list[bytes], bytes, str]:
+    """One streamed run and one poll of it from the faithful fake, as templates."""
+    fake = FakeUpstream(seed=7)
+    fake.enqueue(Script.text(ANSWER, prompt_tokens=73, chunks=48))
+    headers = {"Authorization": "Bearer sk-bench", "OpenAI-Beta": "assistants=v2"}
+    async with TestClient(TestServer(fake.app)) as client:
+        resp = await client.post("/v1/threads/runs", json=STREAM_REQUEST, headers=headers)
+        await resp.read()
+        run_id = next(iter(fake.engine.runs))
+        thread_id = fake.run(run_id)["thread_id"]
+        path = f"/v1/threads/{thread_id}/runs/{run_id}"
+        poll = await client.get(path, headers=headers)
+        await poll.read()
+    frames = [_template(w) for w in fake.responses[0].writes]
+    run_json = _template(fake.responses[1].body)
+    return frames, run_json, _template(path.encode()).decode()
+
+
+class Upstream:
+    def __init__(self, frames: list[bytes], run_json: bytes, path: str, hold_timeout: float) -> None:
+        self.frames = frames
+        self.run_json = run_json
+        self.path = path
+        self.hold_timeout = hold_timeout
+        self.release = asyncio.Event()
+        self.held = 0
+        self.counter = itertools.count()
+        self.total_tokens = json.loads(run_json)["usage"]["total_tokens"]
+        self.common = {"openai-version": "2020-10-01", "openai-organization": "org-runtapbench",
+                       "openai-processing-ms": "1"}
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/threads/runs", self.stream)
+        app.router.add_get("/v1/threads/{thread_id}/runs/{run_id}", self.run)
+        app.router.add_get("/bench/info", self.info)
+        app.router.add_get("/bench/held", self.held_count)
+        app.router.add_post("/bench/release", self.release_held)
+        return app
+
+    def _token(self, request: web.Request) -> tuple[bytes, str]:
+        n = next(self.counter)
+        token = request.headers.get("x-bench-token", "")
+        if not _TOKEN.fullmatch(token):
+            token = f"UPST{n:016d}"
+        return token.encode(), f"req_{os.getpid():08x}{n:024x}"
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        token, request_id = self._token(request)
+        hold = request.headers.get("x-bench-hold") == "1"
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           "x-request-id": request_id, **self.common})
+        await resp.prepare(request)
+        release = self.release
+        for i, frame in enumerate(self.frames):
+            if hold and i == HOLD_AFTER:
+                self.held += 1
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(release.wait(), self.hold_timeout)
+                finally:
+                    self.held -= 1
+            try:
+                await resp.write(frame.replace(PLACEHOLDER, token))
+            except ConnectionResetError:  # the client (or proxy) went away: nothing to report
+                return resp
+        await resp.write_eof()
+        return resp
+
+    async def run(self, request: web.Request) -> web.Response:
+        token, request_id = self._token(request)
+        return web.Response(body=self.run_json.replace(PLACEHOLDER, token),
+                            headers={"Content-Type": "application/json", "x-request-id": request_id,
+                                     **self.common})
+
+    async def info(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "events": len(self.frames),
+            "stream_bytes": sum(len(f) for f in self.frames),
+            "json_bytes": len(self.run_json),
+            "run_path": self.path,
+            "placeholder": PLACEHOLDER.decode(),
+            "hold_after": HOLD_AFTER,
+            "stream_request": STREAM_REQUEST,
+            "answer": ANSWER,
+            "total_tokens": self.total_tokens,
+        })
+
+    async def held_count(self, request: web.Request) -> web.Response:
+        return web.json_response({"held": self.held})
+
+    async def release_held(self, request: web.Request) -> web.Response:
+        released, self.release = self.release, asyncio.Event()
+        released.set()
+        return web.json_response({"released": self.held})
+
+
+_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+                  "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+
+
+def relay_app(target: str) -> web.Application:
+    """A passthrough with no recording: read the request body, relay status, headers and chunks."""
+    target = target.rstrip("/")
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        sessions.append(aiohttp.ClientSession(
+            auto_decompress=False, connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Accept"), cookie_jar=aiohttp.DummyCookieJar()))
+        yield
+        await sessions[0].close()
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        async with sessions[0].request(request.method, target + request.raw_path, headers=headers,
+                                       data=body if request.body_exists else None, allow_redirects=False) as up:
+            response = web.StreamResponse(status=up.status, reason=up.reason, headers=[
+                (k, v) for k, v in up.headers.items() if k.lower() not in _HOP or k.lower() == "content-length"])
+            await response.prepare(request)
+            async for chunk in up.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application(client_max_size=2**63 - 1)
+    app.router.add_route("*", "/{tail:.*}", relay)
+    app.cleanup_ctx.append(session)
+    return app
+
+
+async def serve(host: str, port: int, port_file: str | None, hold_timeout: float, relay_to: str | None) -> None:
+    if relay_to:
+        app, what = relay_app(relay_to), f"bare relay to {relay_to}"
+    else:
+        frames, run_json, path = await capture()
+        app = Upstream(frames, run_json, path, hold_timeout).app()
+        what = f"{len(frames)} events, {sum(map(len, frames))} bytes per stream"
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096)
+    await site.start()
+    bound = runner.addresses[0][1]
+    if port_file:
+        _write_port(port_file, bound)
+    print(f"bench upstream on http://{host}:{bound} ({what})", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def _write_port(port_file: str, port: int) -> None:
+    tmp = Path(port_file + ".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(port_file)  # atomic: the reader never sees a half-written file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT; port 0 picks a free one")
+    parser.add_argument("--port-file", help="write the bound port here once listening")
+    parser.add_argument("--hold-timeout", type=float, default=60.0, help="longest a held stream waits (s)")
+    parser.add_argument("--relay-to", help="be a bare passthrough to this base URL instead of an upstream")
+    args = parser.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    coro = serve(host or "127.0.0.1", int(port), args.port_file, args.hold_timeout, args.relay_to)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+if __name__ == "__main__":
+    main()
