@@ -395,6 +395,10 @@ class RunTracker:
         # The created/in_progress snapshots carry empty content: they must not hide the deltas.
         if text:
             message.snapshot_text = text
+        if message.delta_data and (text or message.status in ("completed", "incomplete")):
+            # The snapshot supersedes the deltas: drop them, or every tracked run would keep its
+            # whole answer twice (about 13 KB for a 60-event stream) until it is evicted.
+            message.delta_data = []
         return message
 
     def _message(self, message_id: str, run_id: str | None) -> MessageState:

@@ -227,6 +227,19 @@ async def start_upstream(tmp: Path, name: str, relay_to: str | None = None) -> C
     return child
 
 
+async def wait_port(child: Child, port: int, deadline_s: float = 30) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}")
+        with contextlib.suppress(OSError):
+            _reader, writer = await asyncio.open_connection(HOST, port)
+            writer.close()
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{child.name} not listening on {port} after {deadline_s:.0f}s:\n{child.tail()}")
+
+
 async def wait_healthy(session: aiohttp.ClientSession, child: Child, url: str, deadline_s: float = 30) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -250,7 +263,10 @@ async def start_proxy(session: aiohttp.ClientSession, tmp: Path, upstream: str, 
             argv += ["--config", config]
         child = spawn("proxy", argv, tmp)
         try:
-            await wait_healthy(session, child, f"http://{HOST}:{admin}/healthz")
+            # /readyz: recording is up. The admin listener binds before the proxy port, which opens
+            # when startup ends, so also wait until that port accepts (else the first requests fail).
+            await wait_healthy(session, child, f"http://{HOST}:{admin}/readyz")
+            await wait_port(child, port)
         except RuntimeError:
             child.kill()
             if "address already in use" in child.tail().lower():

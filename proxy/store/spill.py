@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import orjson
 
-from proxy.store.migrations import TABLES, TableSpec
+from proxy.store.migrations import TableSpec, latest_tables
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,12 @@ def encode(table: str, row: Mapping[str, object]) -> bytes:
         return json.dumps(doc, default=_default, ensure_ascii=True).encode("ascii") + b"\n"
 
 
-def decode(line: bytes, tables: Mapping[str, TableSpec] = TABLES) -> Item:
-    """Parse one spill line back into ``(table, row)``; raise CorruptLine if it cannot be written."""
+def decode(line: bytes, tables: Mapping[str, TableSpec] | None = None) -> Item:
+    """Parse one spill line back into ``(table, row)``; raise CorruptLine if it cannot be written.
+
+    ``tables``: the specs of the database being replayed into; by default the latest schema's."""
+    if tables is None:
+        tables = latest_tables()
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -137,7 +141,7 @@ def replay(
     path: Path,
     apply_batch: Callable[[Sequence[Item]], None],
     *,
-    tables: Mapping[str, TableSpec] = TABLES,
+    tables: Mapping[str, TableSpec] | None = None,
     batch_rows: int = 5000,
 ) -> ReplayReport:
     """Re-apply a spill file through ``apply_batch`` (one transaction per call), then archive it.
@@ -148,6 +152,8 @@ def replay(
     report = ReplayReport()
     if not path.exists():
         return report
+    if tables is None:
+        tables = latest_tables()
     owed = path.with_name(path.name + ".owed")
     with path.open("rb") as src, _LazyWriter(owed) as still_owed:
         replayer = _Replayer(apply_batch, report, still_owed)

@@ -129,6 +129,7 @@ def test_message_text_from_deltas_until_the_completed_snapshot():
     tracker.apply(message | {"status": "completed", "completed_at": T0 + 3,
                              "content": [{"type": "text", "text": {"value": "Hello!", "annotations": []}}]}, seen())
     assert (state.text, state.status) == ("Hello!", "completed")
+    assert state.delta_data == []  # superseded by the snapshot: a tracked run does not keep its answer twice
 
 
 def test_lists_are_applied_item_by_item():
