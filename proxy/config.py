@@ -90,9 +90,12 @@ class RecorderSettings(_Section):
         True, description="Store bodies, event data, tool arguments/outputs and message text. "
         "When false they are NULL; ids, statuses, timings and usage are still recorded.",
     )
-    batch_max_rows: int = Field(5000, gt=0, le=1_000_000, description="Most rows per write transaction.")
+    # Why 250 ms and 20,000 rows: DuckDB charges ~4-9 ms per INSERT ... ON CONFLICT statement
+    # whatever its size, and a batch writes one per table, so few large batches cost far less
+    # CPU than many small ones (proxy CPU per streamed run 2.9 -> 2.2 ms against 50 ms / 5,000).
+    batch_max_rows: int = Field(20_000, gt=0, le=1_000_000, description="Most rows per write transaction.")
     batch_interval_ms: float = Field(
-        50.0, gt=0, le=60_000,
+        250.0, gt=0, le=60_000,
         description="Longest a row waits in the queue before its batch is written; with a SIGKILL "
         "this is about how much recent recording can be lost.",
     )

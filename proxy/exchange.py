@@ -86,13 +86,14 @@ class Exchange:
     def duration_ms(self) -> float | None:
         return None if self.t_end is None else (self.t_end - self.t_start) * 1000
 
-    def finish(self, outcome: Outcome, error: str | None = None) -> bool:
-        """Set the outcome once. Returns False (and changes nothing) when already finished."""
+    def finish(self, outcome: Outcome, error: str | None = None, at: float | None = None) -> bool:
+        """Set the outcome once (`at`: perf_counter when the relay ended, else now). Returns False
+        (and changes nothing) when already finished."""
         if self.outcome is not None:
             return False
         self.outcome = outcome
         self.error = error
-        self.t_end = time.perf_counter()
+        self.t_end = time.perf_counter() if at is None else at
         return True
 
 

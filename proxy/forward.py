@@ -33,13 +33,15 @@ from .keys import key_id_from_headers
 from .observers import Observers
 from .routes import Route, classify
 from .runs import RunTracker
-from .tap import Tap
+from .tap import DeferredTap, Tap
 
 log = logging.getLogger("runtap.forward")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What a client going away looks like to aiohttp's writer.
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, BrokenPipeError)
+TAP_DELAY_S = 0.05
+"""Longest a relayed chunk waits before the tap parses it (observers see a live stream this late)."""
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -127,11 +129,9 @@ def make_forward_handler(
         ex.upstream_request_id = headers.get("x-request-id")
         response = web.StreamResponse(status=upstream_response.status, reason=upstream_response.reason,
                                       headers=client_headers(headers))
-        tap = Tap(ex, tracker, observers, max_body)
-        # The tap runs in callbacks queued behind the relay (FIFO, so in order): they run when the
-        # relay waits for the next chunk, never between a chunk's arrival and its write. With a
-        # fast upstream the whole response reaches the client before the recording starts.
-        defer = asyncio.get_running_loop().call_soon
+        # The tap works in loop callbacks behind the relay, in batches (tap.DeferredTap): never
+        # between a chunk's arrival and its write, and for a fast stream only once it is over.
+        tap = DeferredTap(Tap(ex, tracker, observers, max_body), asyncio.get_running_loop(), TAP_DELAY_S)
         outcome, error = Outcome.COMPLETED, None
         client_open = True
         broke = False
@@ -141,7 +141,7 @@ def make_forward_handler(
             except _CLIENT_GONE:
                 client_open = _client_left(ex, upstream_response, drain_s)
             ex.t_headers = time.perf_counter()
-            defer(tap.response_started, ex.content_type, headers.get("Content-Encoding"))
+            tap.response_started(ex.content_type, headers.get("Content-Encoding"))
             async for chunk in upstream_response.content.iter_any():
                 if client_open:
                     try:
@@ -150,12 +150,12 @@ def make_forward_handler(
                         # Keep reading: the run goes on upstream, and it must still be recorded.
                         client_open = _client_left(ex, upstream_response, drain_s)
                 ex.response_bytes += len(chunk)
-                defer(tap.feed, chunk, time.time())
+                tap.feed(chunk)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             broke = True
             outcome, error = Outcome.TRUNCATED, f"{type(e).__name__}: {e}"
         except asyncio.CancelledError:
-            defer(tap.end, Outcome.TRUNCATED, "cancelled (shutdown)")
+            tap.end(Outcome.TRUNCATED, "cancelled (shutdown)")
             raise
         if ex.client_gone:
             outcome = Outcome.CLIENT_GONE
@@ -167,7 +167,7 @@ def make_forward_handler(
             except _CLIENT_GONE:
                 ex.client_gone = True
                 outcome = Outcome.CLIENT_GONE
-        defer(tap.end, outcome, error)
+        tap.end(outcome, error)
         return response
 
     return forward

@@ -12,7 +12,9 @@ failure is logged and counted in `errors`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import zlib
 from datetime import UTC, datetime
 from typing import Any
@@ -65,15 +67,16 @@ class Tap:
             self._failed("response_started")
         self._observers.response_started(self.ex)
 
-    def end(self, outcome: Outcome, error: str | None = None) -> None:
-        """The exchange is over: flush, settle the outcome, `exchange_finished` exactly once."""
+    def end(self, outcome: Outcome, error: str | None = None, at: float | None = None) -> None:
+        """The exchange is over (`at`: its perf_counter end, else now): flush, settle the outcome,
+        `exchange_finished` exactly once."""
         self.close()
         ex = self.ex
         if outcome is Outcome.COMPLETED and ex.streamed and not self.done_seen:
             # A clean EOF is relayed as one (the client sees what the upstream did); the
             # recording says the stream never finished.
             outcome, error = Outcome.TRUNCATED, "stream ended before [DONE]"
-        if ex.finish(outcome, error):
+        if ex.finish(outcome, error, at):
             self._observers.exchange_finished(ex)
 
     def _start(self, content_type: str, encoding: str) -> None:
@@ -192,3 +195,49 @@ class Tap:
     def _failed(self, where: str) -> None:
         Tap.errors += 1
         log.exception("tap failed in %s for %s", where, self.ex.request_id)
+
+
+class DeferredTap:
+    """The relay's handle on a `Tap`: the tap works in batches, after the chunks went out.
+
+    Per chunk the relay only notes the chunk and its arrival time. The tap gets them when a timer
+    fires (`delay` after the first unprocessed chunk) or when the exchange ends, whichever comes
+    first, so a fast stream is parsed once it is over instead of between its chunks, where every
+    microsecond of parsing would delay the next chunk. Event times are the arrival times, so
+    metrics, spans and rows are as exact as if each chunk had been parsed at once; observers see a
+    live stream at most `delay` late. Everything runs in loop callbacks, in order.
+    """
+
+    __slots__ = ("_chunks", "_delay", "_loop", "_timer", "tap")
+
+    def __init__(self, tap: Tap, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.tap = tap
+        self._loop = loop
+        self._delay = delay
+        self._chunks: list[tuple[bytes, float]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def response_started(self, content_type: str | None, content_encoding: str | None) -> None:
+        self._loop.call_soon(self.tap.response_started, content_type, content_encoding)
+
+    def feed(self, chunk: bytes) -> None:
+        self._chunks.append((chunk, time.time()))
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._delay, self._drain)
+
+    def end(self, outcome: Outcome, error: str | None = None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop.call_soon(self._finish, outcome, error, time.perf_counter())
+
+    def _drain(self) -> None:
+        self._timer = None
+        chunks, self._chunks = self._chunks, []
+        feed = self.tap.feed
+        for chunk, received in chunks:
+            feed(chunk, received)
+
+    def _finish(self, outcome: Outcome, error: str | None, at: float) -> None:
+        self._drain()
+        self.tap.end(outcome, error, at)

@@ -988,7 +988,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             plan = [("stream", 1, args.requests_c1), ("stream", args.concurrency, args.requests_high),
                     ("json", 1, args.requests_c1), ("json", args.concurrency, args.requests_high)]
             for kind, c, n in plan:
-                if n <= 0:
+                if n <= 0 or kind not in args.kinds:
                     continue
                 log(f"{kind} c={c}: {n:,} requests per target")
                 r["scenarios"].append(await bench.scenario(kind, c, n))
@@ -1074,6 +1074,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32, help="the high concurrency (default 32)")
     p.add_argument("--rounds", type=int, help="alternating rounds per scenario (4; quick 2)")
     p.add_argument("--warmup", type=int, help="warm-up requests per target and scenario (200; quick 64)")
+    p.add_argument("--kinds", type=lambda v: set(v.split(",")), default={"stream", "json"},
+                   help="scenarios to run: stream, json or both (default stream,json)")
     p.add_argument("--open-streams", type=int, default=1000, help="streams held open at once (0 skips)")
     p.add_argument("--writer-rows", type=int, help="rows for the store.Writer bench (200,000; quick 60,000; 0 skips)")
     p.add_argument("--writer-rate", type=float, default=20_000, help="paced rate for the writer bench (rows/s)")

@@ -97,8 +97,8 @@ class Writer:
         db_path: str | Path,
         *,
         spill_path: Path | None = None,
-        batch_max_rows: int = 5000,
-        batch_interval_s: float = 0.05,
+        batch_max_rows: int = 20_000,
+        batch_interval_s: float = 0.25,
     ) -> None:
         if batch_max_rows < 1 or batch_interval_s < 0:
             raise ValueError("batch_max_rows must be >= 1 and batch_interval_s >= 0")

@@ -1,12 +1,14 @@
+import asyncio
 import gzip
+import time
 
 import orjson
 
-from proxy.exchange import Exchange
+from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observer, Observers
 from proxy.routes import classify
 from proxy.runs import RunState, RunTracker, ToolCallState
-from proxy.tap import Tap, parse_object
+from proxy.tap import DeferredTap, Tap, parse_object
 from proxy.testing.replay import Capture
 
 RUN = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "assistant_id": "asst_1",
@@ -131,3 +133,35 @@ def test_parse_object():
     assert parse_object(b'{"a": 1}') == {"a": 1}
     for text in ("", "[DONE]", "[1]", "{bad", b"\xff"):
         assert parse_object(text) is None
+
+
+async def test_deferred_tap_parses_after_the_stream_and_keeps_arrival_times_and_end_time():
+    tap, capture = _tap()
+    deferred = DeferredTap(tap, asyncio.get_running_loop(), delay=10)
+    deferred.response_started("text/event-stream", None)
+    before = time.time()
+    third = len(STREAM) // 3
+    for i in range(0, len(STREAM), third):
+        deferred.feed(STREAM[i:i + third])
+    fed = time.time()
+    await asyncio.sleep(0)
+    assert capture.events == []  # nothing parsed while the relay may still be writing
+    deferred.end(Outcome.COMPLETED)
+    relay_end = time.perf_counter()
+    time.sleep(0.05)  # noqa: ASYNC251  # on purpose: the loop is busy before the tap's callbacks run
+    await asyncio.sleep(0)
+    assert [e.name for e in capture.events] == ["thread.created", "thread.run.created", "thread.run.completed", "done"]
+    assert all(before <= e.received_at.timestamp() <= fed for e in capture.events)  # arrival, not parse time
+    assert capture.calls[-1] == ("exchange_finished", Outcome.COMPLETED)
+    # The exchange's duration ends when the relay ended, not when the tap caught up.
+    assert tap.ex.t_end is not None and tap.ex.t_end <= relay_end
+
+
+async def test_deferred_tap_feeds_a_live_stream_after_its_delay():
+    tap, capture = _tap()
+    deferred = DeferredTap(tap, asyncio.get_running_loop(), delay=0.01)
+    deferred.response_started("text/event-stream", None)
+    deferred.feed(sse("thread.created", {"id": "thread_1", "object": "thread", "created_at": 1_710_000_000}))
+    await asyncio.sleep(0.05)
+    assert [e.name for e in capture.events] == ["thread.created"]  # the stream is still open
+    assert not any(hook == "exchange_finished" for hook, _ in capture.calls)
