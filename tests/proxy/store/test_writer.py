@@ -384,3 +384,13 @@ async def test_readers_use_their_own_cursor_while_the_thread_writes(writer: Writ
 async def test_run_in_thread_is_read_only(writer: Writer) -> None:
     with pytest.raises(duckdb.TransactionException, match="read-only"):
         await writer.run_in_thread(lambda cur: cur.execute("delete from events"))
+
+
+def test_a_batch_larger_than_one_encoding_slice_is_stored_exactly(con: duckdb.DuckDBPyConnection) -> None:
+    # The JSON document is encoded in slices (the GIL is released between them): values on both
+    # sides of every slice boundary must arrive intact and in order.
+    n = 2 * writer_module._ENCODE_SLICE + 3
+    rows = [event(i, raw=b"\x00\xff" if i % 999 == 0 else None) for i in range(n)]
+    write_batch(con, TABLES, [("events", row) for row in rows])
+    stored = con.execute("select seq, data, received_at, raw from events order by seq").fetchall()
+    assert stored == [(r["seq"], r["data"], r["received_at"], r.get("raw")) for r in rows]
