@@ -124,6 +124,8 @@ def run_demo(db: str) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)  # the conversation is the output
     asyncio.run(_demo(db))
     show_recording(db)
-    print(f"\nThe recording is the DuckDB file {db}: query it with SQL, e.g.\n"
-          f"  python -c \"import duckdb; print(duckdb.connect('{db}', read_only=True).sql('from runs'))\"")
+    print(f"\nThe recording is the DuckDB file {db}. Ask it questions, e.g.\n"
+          f"  runtap runs --db {db}\n"
+          f"  runtap usage --by model --db {db}\n"
+          f"  runtap sql \"select status, count(*) from runs group by 1\" --db {db}")
     return 0
