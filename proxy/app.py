@@ -83,8 +83,8 @@ def make_app(
     tracker = RunTracker(settings.recorder.max_tracked_runs)
     registry, metrics = make_registry(writer, tracker, max_tracked=settings.recorder.max_tracked_runs)
     tracing = make_tracing(settings, tracker, registry=registry)
-    watched = [Recorder(writer, tracker, record_content=settings.recorder.record_content), metrics,
-               *([tracing.observer] if tracing else [])]
+    watched = [Recorder(writer, tracker, record_content=settings.recorder.record_content),
+               *([metrics] if settings.telemetry.metrics else []), *([tracing.observer] if tracing else [])]
     observers = Observers(watched, on_error=metrics.observer_error)
     metrics.watch_observers(o.name for o in watched)
     parts = Parts(settings, writer, tracker, observers, registry=registry, tracing=tracing)

@@ -105,6 +105,10 @@ class RecorderSettings(_Section):
 
 
 class TelemetrySettings(_Section):
+    metrics: bool = Field(
+        True, description="Count requests, runs, steps, tool calls, tokens and latencies for GET /metrics. false "
+        "leaves only the recorder's own health there (what `make bench` compares observability against).",
+    )
     otlp_endpoint: str = Field(
         "", description="OTLP/HTTP base URL for traces (spans go to <url>/v1/traces). Empty: the standard "
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT variables, else no tracing at all.",

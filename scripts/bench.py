@@ -72,7 +72,13 @@ TARGETS = {
     "throughput_ratio_c32": 0.7,
     "recorder_events_per_s": 20_000,
     "rss_open_mb": 150,
+    "observability_p50_ms": 0.2,
 }
+OBSERVABILITY_TARGETS = ("plain", "traced")
+"""With --observability (the default): two more recording proxies, alternating with the others in
+every round: `plain` with metrics and tracing off, `traced` with metrics on and every span exported
+over OTLP/HTTP (to the fast upstream's /v1/traces sink). Their difference is what observability
+adds."""
 WRITER_MAX_DEPTH = 10_000
 """'Without its queue growing': at the paced rate the queue never holds more than 0.5 s of rows."""
 BACKLOG_S = 0.3
@@ -254,14 +260,14 @@ async def wait_healthy(session: aiohttp.ClientSession, child: Child, url: str, d
 
 
 async def start_proxy(session: aiohttp.ClientSession, tmp: Path, upstream: str, db: Path,
-                      config: str | None) -> Child:
+                      config: str | None, name: str = "proxy") -> Child:
     for _attempt in range(3):  # a picked port can be taken before the proxy binds it
         port, admin = free_port(), free_port()
         argv = [PYTHON, "-m", "proxy", "--upstream", upstream, "--listen", f"{HOST}:{port}",
                 "--admin-listen", f"{HOST}:{admin}", "--db", str(db)]
         if config:
             argv += ["--config", config]
-        child = spawn("proxy", argv, tmp)
+        child = spawn(name, argv, tmp)
         try:
             # /readyz: recording is up. The admin listener binds before the proxy port, which opens
             # when startup ends, so also wait until that port accepts (else the first requests fail).
@@ -485,16 +491,19 @@ class Bench:
     proxy: Child
     floor: Child | None
     probe: QueueProbe
+    extra: list[tuple[str, Child]] = field(default_factory=list)
 
     def targets(self) -> list[tuple[str, str, Child | None]]:
         out: list[tuple[str, str, Child | None]] = [("direct", self.upstream.url, None)]
         if self.floor is not None:
             out.append(("floor", self.floor.url, self.floor))
         out.append(("runtap", self.proxy.url, self.proxy))
+        out += [(name, child.url, child) for name, child in self.extra]
         return out
 
     def pids(self) -> list[int]:
-        return [os.getpid()] + [c.pid for c in (self.upstream, self.proxy, self.floor) if c is not None]
+        children = (self.upstream, self.proxy, self.floor, *(c for _, c in self.extra))
+        return [os.getpid()] + [c.pid for c in children if c is not None]
 
     async def scenario(self, kind: str, concurrency: int, n: int) -> dict[str, Any]:
         args = self.args
@@ -817,6 +826,16 @@ def render(r: dict[str, Any]) -> str:
                 ge(ratio, TARGETS["throughput_ratio_c32"]) if c == hi else None)
             add(f"Proxy CPU per request, {kind}, c={c} (event-loop thread)",
                 f"{fmt(p['cpu_ms_per_req'], ' ms', 3)} ({fmt(p['loop_cpu_ms_per_req'], ' ms', 3)})", "—", None)
+    for x in r["scenarios"]:
+        if not all(n in x for n in OBSERVABILITY_TARGETS):
+            continue
+        plain, traced = x["plain"], x["traced"]
+        cost = diff(traced["p50_ms"], plain["p50_ms"])
+        limit = TARGETS["observability_p50_ms"]
+        add(f"Observability (metrics + tracing exported) on vs off, added p50, {x['kind']} c={x['concurrency']}; "
+            "CPU per request",
+            f"{fmt(cost, ' ms')}; {fmt(diff(traced['cpu_ms_per_req'], plain['cpu_ms_per_req']), ' ms', 3)}",
+            f"≤ {limit} ms" if x["concurrency"] == 1 else "—", le(cost, limit) if x["concurrency"] == 1 else None)
     rec = r.get("recording", {})
     e2e = rec.get("stream_high")
     if e2e:
@@ -872,7 +891,7 @@ def render(r: dict[str, Any]) -> str:
               "| proxy CPU ms/req | busy after a round | proxy RSS after (peak) | other load |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["scenarios"]:
-        for name in ("direct", "floor", "runtap"):
+        for name in ("direct", "floor", "runtap", *OBSERVABILITY_TARGETS):
             if name not in x:
                 continue
             v = x[name]
@@ -927,7 +946,7 @@ def render(r: dict[str, Any]) -> str:
                          f"{fmt(w['flush_lag_s'] * 1000, ' ms', 0)} | {fmt(w['max_loop_stall_ms'], ' ms', 1)} | "
                          f"{w['rows_in_db']:,} |")
     errors = [(x["kind"], x["concurrency"], n, x[n]["error_examples"]) for x in r["scenarios"]
-              for n in ("direct", "floor", "runtap") if n in x and x[n]["error_examples"]]
+              for n in ("direct", "floor", "runtap", *OBSERVABILITY_TARGETS) if n in x and x[n]["error_examples"]]
     if errors or (o and o["error_examples"]):
         lines += ["", "### Errors (first few)", ""]
         lines += [f"- {k} c={c} {n}: {e}" for k, c, n, e in errors]
@@ -979,8 +998,16 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                           f"{args.requests_high:,} at c={args.concurrency}, in {args.rounds} alternating rounds after "
                           f"{args.warmup} warm-up requests; proxy recording to a fresh DuckDB file")
             r["rss_idle_mb"] = memory_kb(proxy.pid)["VmRSS"] / 1024
+            extra: list[tuple[str, Child]] = []
+            if args.observability:
+                for name in OBSERVABILITY_TARGETS:
+                    config = tmp / f"{name}.toml"
+                    config.write_text(_observability_config(args.config, name, upstream.url))
+                    child = await start_proxy(session, tmp, upstream.url, tmp / f"{name}.duckdb", str(config), name)
+                    children.append(child)
+                    extra.append((name, child))
             load = Load(session, info)
-            bench = Bench(args, load, upstream, proxy, floor, QueueProbe(session, proxy.admin_url))
+            bench = Bench(args, load, upstream, proxy, floor, QueueProbe(session, proxy.admin_url), extra)
             if args.open_streams:  # first, on a fresh proxy: what holding the streams costs, alone
                 log(f"{args.open_streams:,} streams open at once")
                 r["open"] = await bench.open_streams(args.open_streams)
@@ -1013,6 +1040,16 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             child.kill()
     r["wall_s"] = time.perf_counter() - started
     return r
+
+
+def _observability_config(base: str | None, name: str, upstream: str) -> str:
+    """The --config file's text (if any) with the [telemetry] of one observability target."""
+    text = Path(base).read_text() if base else ""
+    if "[telemetry]" in text:
+        raise SystemExit("--observability sets [telemetry] itself: drop it from --config or pass --no-observability")
+    traced = name == "traced"
+    endpoint = json.dumps(upstream if traced else "")
+    return f"{text}\n[telemetry]\nmetrics = {'true' if traced else 'false'}\notlp_endpoint = {endpoint}\n"
 
 
 async def _one_stream_frames(session: aiohttp.ClientSession, upstream: str, info: dict[str, Any]) -> list[bytes]:
@@ -1074,6 +1111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32, help="the high concurrency (default 32)")
     p.add_argument("--rounds", type=int, help="alternating rounds per scenario (4; quick 2)")
     p.add_argument("--warmup", type=int, help="warm-up requests per target and scenario (200; quick 64)")
+    p.add_argument("--no-observability", dest="observability", action="store_false",
+                   help="skip the two extra proxies that measure metrics + tracing on vs off")
     p.add_argument("--kinds", type=lambda v: set(v.split(",")), default={"stream", "json"},
                    help="scenarios to run: stream, json or both (default stream,json)")
     p.add_argument("--open-streams", type=int, default=1000, help="streams held open at once (0 skips)")

@@ -109,6 +109,8 @@ class Upstream:
         app.router.add_post("/v1/threads/runs", self.stream)
         app.router.add_get("/v1/threads/{thread_id}/runs/{run_id}", self.run)
         app.router.add_get("/bench/info", self.info)
+        # An OTLP/HTTP traces sink for bench.py's traced proxy: an empty ExportTraceServiceResponse.
+        app.router.add_post("/v1/traces", self.traces)
         app.router.add_get("/bench/held", self.held_count)
         app.router.add_post("/bench/release", self.release_held)
         return app
@@ -161,6 +163,10 @@ class Upstream:
             "answer": ANSWER,
             "total_tokens": self.total_tokens,
         })
+
+    async def traces(self, request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"", content_type="application/x-protobuf")
 
     async def held_count(self, request: web.Request) -> web.Response:
         return web.json_response({"held": self.held})

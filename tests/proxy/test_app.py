@@ -197,3 +197,12 @@ async def test_without_an_admin_token_there_is_no_admin_listener(start, unused_t
     assert await connection_refused(unused_tcp_port)
     async with sdk(running) as client:
         await client.beta.threads.create()  # and the proxy serves regardless
+
+
+def test_metrics_false_takes_the_metrics_observer_off_the_stream(tmp_path: Path) -> None:
+    def observer_names(**telemetry: object) -> list[str]:
+        settings = Settings.model_validate({"recorder": {"db": str(tmp_path / "r.duckdb")}, "telemetry": telemetry})
+        return [o.name for o in make_app(settings)[PARTS].observers._observers]
+
+    assert observer_names() == ["recorder", "metrics"]
+    assert observer_names(metrics=False) == ["recorder"]
