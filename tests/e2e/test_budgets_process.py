@@ -77,3 +77,49 @@ async def test_sighup_changes_a_limit_live_without_dropping_traffic(fake, upstre
     assert query(child.db, "select budget, limit_value from budget_limits") == [("tokens_per_day", 100_000.0)]
     assert query(child.db, "select count(*), sum(spent_tokens) from budget_charges where state = 'settled'") == [
         (3, 360)]
+
+
+async def admin_sql(child, sql: str, *params) -> list[list]:
+    token = child.token_file.read_text().strip()
+    async with aiohttp.ClientSession() as session, session.post(
+            child.admin_url + "/admin/sql", json={"sql": sql, "params": list(params)},
+            headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200, await r.text()
+        return (await r.json())["rows"]
+
+
+async def test_sigkill_with_a_reservation_in_flight_neither_forgets_nor_charges_twice(
+        fake, upstream, launch, config, tmp_path):  # noqa: F811
+    write_config(config, 10_000)
+    fake.enqueue(Script.tool_then_text(tool_prompt_tokens=80, tool_completion_tokens=18, prompt_tokens=120,
+                                       completion_tokens=9))
+    child = await launch(upstream=upstream_url(upstream))
+    async with AsyncOpenAI(base_url=child.url + "/v1", api_key=RAW_KEY, max_retries=0) as client:
+        async with client.beta.threads.create_and_run_stream(
+            assistant_id="asst_abc", thread={"messages": [{"role": "user", "content": "Weather?"}]}, **RUN,
+        ) as stream:
+            await stream.until_done()
+            paused = stream.current_run
+        assert paused.status == "requires_action"
+
+        async def committed() -> bool:  # the reservation, linked to its run, is in the file
+            return await admin_sql(child, "select count(*) from budget_charges where run_id = ?", paused.id) == [[1]]
+
+        assert await poll(committed, 10)
+        child.proc.kill()
+        assert await child.wait_exit() == -signal.SIGKILL
+
+        second = await launch(upstream=upstream_url(upstream))
+        assert [(b["used"], b["reserved"]) for b in await admin_budgets(second)] == [(0, 512)]  # not forgotten
+        [call] = paused.required_action.submit_tool_outputs.tool_calls
+    async with AsyncOpenAI(base_url=second.url + "/v1", api_key=RAW_KEY, max_retries=0) as client, \
+            client.beta.threads.runs.submit_tool_outputs_stream(
+                thread_id=paused.thread_id, run_id=paused.id,
+                tool_outputs=[{"tool_call_id": call.id, "output": "18C"}]) as stream:
+        await stream.until_done()
+        assert (await stream.get_final_run()).usage.total_tokens == 227
+    assert [(b["used"], b["reserved"]) for b in await admin_budgets(second)] == [(227, 0)]  # charged once
+    second.sigterm()
+    assert await second.wait_exit() == 0, second.output()
+    assert query(second.db, "select run_id, state, reserved_tokens, spent_tokens from budget_charges") == [
+        (paused.id, "settled", 512, 227)]
