@@ -162,9 +162,9 @@ class Ledger:
     # -- reading -------------------------------------------------------------------------------
     def window(self, key_id: str, name: str, now: float | None = None) -> Window:
         """The key's window `name`, advanced to `now` (charges that left it are dropped)."""
-        book = self._key(key_id)
-        self._advance(book, self.clock() if now is None else now)
-        return book.windows[name]
+        window = self._key(key_id).windows[name]
+        self._advance(window, self.clock() if now is None else now)
+        return window
 
     def known_keys(self) -> Iterable[str]:
         return self.keys.keys()
@@ -235,7 +235,8 @@ class Ledger:
     def advance_all(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         for book in self.keys.values():
-            self._advance(book, now)
+            for window in book.windows.values():
+                self._advance(window, now)
 
     # -- persistence -----------------------------------------------------------------------------
     def load(self, rows: Iterable[Mapping[str, Any]], now: float | None = None) -> int:
@@ -276,14 +277,13 @@ class Ledger:
             if window.holds(charge):
                 window.add(charge)
 
-    def _advance(self, book: KeyLedger, now: float) -> None:
-        for name, window in book.windows.items():
-            for charge in window.advance(now):
-                # Out of the longest window: forget it, unless its run may still end and be settled.
-                if name == "30d" and not charge.open:
-                    self.by_id.pop(charge.charge_id, None)
-                    if charge.run_id is not None and self.by_run.get(charge.run_id) is charge:
-                        del self.by_run[charge.run_id]
+    def _advance(self, window: Window, now: float) -> None:
+        for charge in window.advance(now):
+            # Out of the longest window: forget it, unless its run may still end and be settled.
+            if window.seconds == LONGEST_WINDOW_S and not charge.open:
+                self.by_id.pop(charge.charge_id, None)
+                if charge.run_id is not None and self.by_run.get(charge.run_id) is charge:
+                    del self.by_run[charge.run_id]
 
     def _changing(self, charge: Charge) -> _Changing:
         book = self._key(charge.key_id)
