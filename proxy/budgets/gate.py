@@ -202,8 +202,10 @@ class Budgets:
             if short is not None:
                 return refusal(short, now)
         if charge is None:
-            self.ledger.reserve(ex.request_id, key_id, need, usd, settle_in_s=self.settings.settle_unseen_after_s,
-                                run_id=run_id, model=model, alias=alias, now=now)
+            # Pending like a create's: released at the exchange's end if the upstream knows no such run.
+            self.pending[ex.request_id] = self.ledger.reserve(
+                ex.request_id, key_id, need, usd, settle_in_s=self.settings.settle_unseen_after_s, run_id=run_id,
+                model=model, alias=alias, now=now)
         else:
             self.ledger.top_up(charge, need, usd, settle_in_s=self.settings.settle_unseen_after_s)
         self._hold_credentials(ex, budget, headers)

@@ -201,9 +201,9 @@ class Ledger:
         self.by_run[run_id] = charge
         self._write(charge, run_id=run_id, model=charge.model)
 
-    def extend(self, charge: Charge, settle_by: float) -> None:
-        """The run's expires_at moved: an open reservation is kept until then."""
-        if charge.open and settle_by > charge.settle_by:
+    def settle_unseen_at(self, charge: Charge, settle_by: float) -> None:
+        """The run's (latest) expires_at is known: an unseen end is settled then, not at the cap."""
+        if charge.open and settle_by != charge.settle_by:
             charge.settle_by = settle_by
             self._write(charge, settle_by=ts(settle_by))
 

@@ -61,8 +61,11 @@ class BudgetObserver(Observer):
         budgets = self._budgets
         budgets.credentials.pop(ex.request_id, None)
         charge = budgets.pending.pop(ex.request_id, None)
-        if charge is None or charge.run_id is not None or not charge.open:
+        if charge is None or not charge.open:
             return
+        run = budgets.tracker.runs.get(charge.run_id) if charge.run_id is not None else None
+        if run is not None and run.status is not None:
+            return  # the run exists: its charge settles when it ends
         # No run came of it. When the upstream answered with an error (or could not be reached at
         # all) no run exists, so nothing is owed; otherwise (a timeout, a stream cut before the run
         # object) a run may exist unseen, and the reservation stands until settle_unseen_after_s.
@@ -88,7 +91,7 @@ class BudgetObserver(Observer):
             usd = budgets.prices.cost(run.prompt_tokens, run.completion_tokens, tokens, run.model)
             ledger.settle(charge, tokens, usd)
         elif run.expires_at is not None:
-            ledger.extend(charge, run.expires_at.timestamp() + EXPIRY_GRACE_S)
+            ledger.settle_unseen_at(charge, run.expires_at.timestamp() + EXPIRY_GRACE_S)
 
     # -- cancel_on_exhaustion ------------------------------------------------------------------
     def _step(self, ex: Exchange, step: StepState) -> None:

@@ -113,6 +113,8 @@ async def test_concurrent_runs_never_overspend(fake, proxy, parts, recorded):
     assert overspend == 0
     [row] = figures(parts.budgets.budgets)
     assert (row["key_alias"], row["limit"], row["used"], row["reserved"]) == ("team-a", LIMIT, spent_runs, 0)
+    assert parts.registry.get_sample_value("runtap_budget_rejections_total", {"key_alias": "team-a"}) == len(refused)
+    assert parts.registry.get_sample_value("runtap_budget_rejections_total", {"key_alias": "other"}) is None
     # The other key paid nothing against team-a and was never refused.
     [(other_rejected,)] = q("select count(*) from requests where key_id = ? and outcome = 'rejected'",
                             fingerprint(OTHER_KEY))

@@ -135,7 +135,7 @@ def test_a_continuation_of_an_unknown_run_reserves_for_it_and_can_be_refused():
     _paused_run(b, "run_9", total=None)
     ex = submit("run_9")
     assert b.admit(ex, {}) is None
-    assert b.ledger.by_run["run_9"].reserved_tokens == 4096 and ex.request_id not in b.pending
+    assert b.ledger.by_run["run_9"].reserved_tokens == 4096 and b.pending[ex.request_id].run_id == "run_9"
     assert b.admit(submit("run_8"), {}).status == 429
 
 

@@ -66,7 +66,7 @@ def test_frees_at_is_when_enough_old_charges_leave(ledger, clock):
 
 def test_unsettled_reservations_expire_at_their_reserved_amount_and_a_late_final_usage_still_wins(ledger, clock):
     charge = ledger.reserve("rt_1", KEY, 512, 0.0, settle_in_s=600)
-    ledger.extend(charge, clock.now + 900)
+    ledger.settle_unseen_at(charge, clock.now + 900)
     clock.now += 899
     assert ledger.expire_due() == []
     clock.now += 1

@@ -115,3 +115,15 @@ async def test_exhaustion_cancels_through_the_upstream_as_the_caller(aiohttp_ser
     [cancel] = [r for r in fake.requests if r.path.endswith("/cancel")]
     assert cancel.headers["Authorization"] == f"Bearer {RAW_KEY}"
     assert fake.run(real["id"])["status"] in ("cancelling", "cancelled")
+
+
+def test_a_continuation_of_a_run_the_upstream_does_not_know_is_released():
+    budgets, observer = make(tokens_per_day=10_000)
+    path = "/v1/threads/thread_1/runs/run_gone/submit_tool_outputs"
+    ex = Exchange(classify("POST", path), "POST", path, "", KEY, b'{"tool_outputs": []}')
+    assert budgets.admit(ex, {}) is None
+    charge = budgets.ledger.by_run["run_gone"]
+    ex.status = 404
+    ex.finish(Outcome.COMPLETED)
+    observer.exchange_finished(ex)
+    assert charge.state == RELEASED and budgets.pending == {}
