@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from ..config import Settings
 from ..errors import RuntapError
 from ..runs import RunTracker
-from ..store.migrations import price_rows
+from ..store.migrations import price_rows, set_prices
 from .gate import Budgets, prices_from
 from .ledger import Ledger, RowSink
 from .observer import BudgetObserver, upstream_canceller
@@ -75,11 +75,12 @@ class BudgetService:
                 log.error("SIGHUP: configuration not reloaded, the old one stays: %s", exc)
                 return
             self.apply(settings)
-            try:
+            try:  # the tables that mirror the config (the writer never touches them)
                 with contextlib.closing(cursor()) as con:
                     await asyncio.to_thread(set_limits, con, settings.budgets)
+                    await asyncio.to_thread(set_prices, con, settings.prices.models)
             except (RuntapError, duckdb.Error) as exc:
-                log.error("SIGHUP: budgets reloaded, but budget_limits not written: %s", exc)
+                log.error("SIGHUP: budgets reloaded, but budget_limits / prices not written: %s", exc)
             log.info("SIGHUP: budgets reloaded (%d keys, unknown keys: %s)", len(settings.budgets.keys),
                      settings.budgets.unknown_keys)
 

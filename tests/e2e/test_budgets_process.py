@@ -50,7 +50,9 @@ async def test_sighup_changes_a_limit_live_without_dropping_traffic(fake, upstre
         _assert_refusal(await _stream_run(client, **RUN))  # 632 held + 512 > 700
         assert [(b["limit"], b["used"], b["reserved"]) for b in await admin_budgets(child)] == [(700, 120, 512)]
 
-        write_config(config, 100_000)
+        # The new [prices] entry reaches the prices table only if SIGHUP rewrites it.
+        write_config(config, 100_000, '[prices.models]\nmy-deployment = { input_usd_per_1m = 1.0,'
+                                      ' output_usd_per_1m = 2.0 }\n')
         child.proc.send_signal(signal.SIGHUP)
 
         async def reloaded() -> bool:
@@ -75,6 +77,7 @@ async def test_sighup_changes_a_limit_live_without_dropping_traffic(fake, upstre
     child.sigterm()
     assert await child.wait_exit() == 0, child.output()
     assert query(child.db, "select budget, limit_value from budget_limits") == [("tokens_per_day", 100_000.0)]
+    assert query(child.db, "select source from prices where model = 'my-deployment'") == [("config",)]
     assert query(child.db, "select count(*), sum(spent_tokens) from budget_charges where state = 'settled'") == [
         (3, 360)]
 
