@@ -44,7 +44,7 @@ async def test_sighup_changes_a_limit_live_without_dropping_traffic(fake, upstre
     async with AsyncOpenAI(base_url=child.url + "/v1", api_key=RAW_KEY, max_retries=0) as client:
         assert (await _stream_run(client, **RUN)).usage.total_tokens == 120
         # A slow stream (120 used + 512 reserved of 700) is in flight while the limit changes.
-        fake.fault(Fault(path="/threads/runs", drip_delay_s=0.05))
+        fake.fault(Fault(path="/threads/runs", drip_delay_s=0.2))
         slow = asyncio.ensure_future(_stream_run(client, **RUN))
         await poll(lambda: len([r for r in fake.requests if r.path == "/v1/threads/runs"]) == 2, 10)
         _assert_refusal(await _stream_run(client, **RUN))  # 632 held + 512 > 700
