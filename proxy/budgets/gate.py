@@ -30,7 +30,7 @@ from .. import errors
 from ..exchange import Exchange
 from ..routes import RouteKind
 from ..runs import RunTracker
-from .ledger import Charge, Ledger
+from .ledger import SETTLED, Charge, Ledger
 from .settings import LIMITS, MIN_COMPLETION_TOKENS, OTHER, WINDOWS, BudgetLimits, BudgetsSettings
 
 # Headers the cancel call needs to act as the caller (cancel_on_exhaustion), and nothing else.
@@ -188,9 +188,11 @@ class Budgets:
         charge = self.ledger.by_run.get(run_id)
         run = self.tracker.runs.get(run_id)
         used = (run.total_tokens or 0) if run is not None else 0
-        if charge is not None and charge.open and used < charge.reserved_tokens:
+        if charge is not None and (charge.state == SETTLED or (charge.open and used < charge.reserved_tokens)):
+            # The run's reservation still covers it; or the run has ended and was charged its final
+            # usage, so the upstream will refuse this continuation and nothing more can be owed.
             self._hold_credentials(ex, budget, headers)
-            return None  # the run's reservation still covers it
+            return None
         if charge is None and run is not None and run.max_prompt_tokens and run.max_completion_tokens:
             need = run.max_prompt_tokens + run.max_completion_tokens
         else:

@@ -128,6 +128,8 @@ def test_a_continuation_rides_on_its_runs_reservation_until_the_usage_has_used_i
     _paused_run(b, total=120)
     assert b.admit(submit(), {}) is None and charge.reserved_tokens == 200  # tops up the same charge
     assert list(b.ledger.by_id) == [ex.request_id]
+    b.ledger.settle(charge, 230, 0.0)  # the run ended: a late continuation owes nothing more
+    assert b.admit(submit(), {}) is None and (charge.state, charge.reserved_tokens) == ("settled", 200)
 
 
 def test_a_continuation_of_an_unknown_run_reserves_for_it_and_can_be_refused():
