@@ -16,6 +16,7 @@ before this key had a budget) reserves as a new run, linked to the run at once.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from ..runs import RunTracker
 from .ledger import SETTLED, Charge, Ledger
 from .settings import LIMITS, MIN_COMPLETION_TOKENS, OTHER, WINDOWS, BudgetLimits, BudgetsSettings
 
+log = logging.getLogger("runtap.budgets")
 # Headers the cancel call needs to act as the caller (cancel_on_exhaustion), and nothing else.
 _CREDENTIAL_HEADERS = ("Authorization", "api-key", "OpenAI-Organization", "OpenAI-Project", "OpenAI-Beta")
 _WINDOW_WORDS = {"minute": "minute", "hour": "hour", "day": "24 h", "30d": "30 days"}
@@ -126,6 +128,8 @@ class Budgets:
         self.clock = clock
         self.pending: dict[str, Charge] = {}
         """Charges reserved by exchanges still running, by request_id, until their run is known."""
+        self.errors = 0
+        """Admissions that raised (and were let through)."""
         self.credentials: dict[str, Credentials] = {}
         """By request_id, only for exchanges whose budget has cancel_on_exhaustion; dropped at their end."""
         self.configure(settings, prices)
@@ -151,7 +155,18 @@ class Budgets:
 
     # -- the hot path --------------------------------------------------------------------------
     def admit(self, ex: Exchange, headers: Mapping[str, str]) -> web.Response | None:
-        """None: forward (a reservation is held, and `ex.request_body` may be clamped). Else the 429."""
+        """None: forward (a reservation is held, and `ex.request_body` may be clamped). Else the 429.
+
+        A bug here must not take traffic down with it: it is logged and counted, and the request
+        goes through (fails open), like an observer's failure costs a record, never the stream."""
+        try:
+            return self._admit(ex, headers)
+        except Exception:
+            self.errors += 1
+            log.exception("budget admission failed for %s; forwarding it unchecked", ex.request_id)
+            return None
+
+    def _admit(self, ex: Exchange, headers: Mapping[str, str]) -> web.Response | None:
         if not ex.route.creates_run or ex.key_id is None:
             return None  # no key: the upstream refuses it, there is nobody to charge
         key_id = ex.key_id

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .gate import Budgets
 from .settings import LIMITS, OTHER, WINDOWS, BudgetLimits
@@ -77,8 +77,9 @@ class BudgetCollector:
     """`runtap_budget_remaining_tokens{key_alias}`, from a snapshot the ticker refreshes on the loop
     (a scrape runs in a thread, which must not walk the ledger while the loop changes it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budgets: Budgets | None = None) -> None:
         self.snapshot: dict[str, int] = {}
+        self._budgets = budgets
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("runtap_budget_remaining_tokens", "Tokens a budget can still reserve: its "
@@ -87,10 +88,13 @@ class BudgetCollector:
         for alias, value in sorted(self.snapshot.items()):
             family.add_metric([alias], value)
         yield family
+        if self._budgets is not None:  # an int read: safe from the scrape's thread
+            yield CounterMetricFamily("runtap_budget_admission_errors", "Budget admissions that raised; the "
+                                      "request was forwarded unchecked (see the log).", value=self._budgets.errors)
 
 
 def register_collector(registry: CollectorRegistry | None, budgets: Budgets) -> BudgetCollector:
-    collector = BudgetCollector()
+    collector = BudgetCollector(budgets)
     collector.snapshot = remaining_tokens(budgets)
     if registry is not None:
         registry.register(collector)

@@ -161,3 +161,10 @@ def test_a_reservation_larger_than_a_limit_never_fits(limits):
     b = budgets(keys=[{"key_id": KEY, "alias": "team-a", **limits}])
     response = b.admit(create({"assistant_id": "a"}), {})
     assert "never fits" in refusal_json(response)["message"]
+
+
+def test_a_failing_admission_lets_the_request_through_and_is_counted(caplog):
+    b = budgets()
+    b.ledger.keys = None  # type: ignore[assignment]  # break the ledger: any reservation now raises
+    assert b.admit(create({"assistant_id": "a"}), {}) is None
+    assert b.errors == 1 and "forwarding it unchecked" in caplog.text

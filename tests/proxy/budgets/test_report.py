@@ -68,6 +68,7 @@ def test_the_metric_is_the_snapshot_the_tick_refreshes_and_tick_expires_overdue_
     tick(budgets, collector)
     assert charge.state == "expired" and charge.spent_tokens == 400
     assert registry.get_sample_value("runtap_budget_remaining_tokens", {"key_alias": "other"}) is None
+    assert registry.get_sample_value("runtap_budget_admission_errors_total") == 0
 
 
 async def test_get_admin_budgets_answers_the_figures_with_the_token(aiohttp_client, proxy):
