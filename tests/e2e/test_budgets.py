@@ -279,3 +279,15 @@ async def test_runtap_budgets_prints_the_same_figures_live_and_from_the_cold_fil
     await proxy.close()  # the file is cold now
     assert await budgets("--format", "json") == live_json
     assert await budgets() == live_table
+
+
+async def test_an_azure_client_with_api_key_is_budgeted_the_same(fake, azure_client, parts, recorded):
+    fake.enqueue(Script.text("hi", prompt_tokens=100, completion_tokens=20))
+    run = await _stream_run(azure_client, max_prompt_tokens=256, max_completion_tokens=256)
+    assert run.status == "completed"
+    _assert_refusal(await _stream_run(azure_client, max_prompt_tokens=256, max_completion_tokens=LIMIT))
+    assert [r.path for r in fake.requests] == ["/openai/threads/runs"]
+    assert "api-key" in fake.requests[0].headers  # the key came as api-key, and was fingerprinted the same
+    q = await recorded()
+    assert q("select key_id, run_id, state, spent_tokens from budget_charges") == [
+        (KEY_ID, run.id, "settled", 120)]
