@@ -2,8 +2,8 @@
 
 Each opens the recording through :func:`analytics.db.open_recording` (the file, or the running
 proxy's admin listener when the proxy holds it), asks one question from ``queries`` and prints
-it with ``render``. Exit codes: 0 done, 1 the query failed or was refused, 2 bad usage (or a
-command not available yet), 3 the recording cannot be reached.
+it with ``render``. Exit codes: 0 done, 1 the query failed or was refused, 2 bad usage, 3 the
+recording cannot be reached.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ def _sql(rec: Recording, args: argparse.Namespace) -> Result:
 
 def _export(rec: Recording, args: argparse.Namespace) -> Result:
     return queries.export_parquet(rec, Path(args.dir))
+
+
+def _budgets(rec: Recording, args: argparse.Namespace) -> Result:
+    return queries.budgets(rec)
 
 
 def _since(text: str) -> datetime:
@@ -104,17 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", _export, "every table as a Parquet file in DIR", with_format=False)
     export.add_argument("--format", choices=("parquet",), default="parquet", help="file format (parquet)")
     export.add_argument("dir", metavar="DIR")
-    budgets = sub.add_parser("budgets", help="each budget: limit, used, reserved, remaining (not available yet)")
-    budgets.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    budgets.set_defaults(run=None)
+    command("budgets", _budgets, "each budget limit: limit, used, reserved, remaining, when the window next frees")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.run is None:
-        print("runtap budgets: not available yet in this version of runtap", file=sys.stderr)
-        return EXIT_USAGE
     try:
         rec = open_recording(args.db, args.admin)
     except RecordingError as exc:

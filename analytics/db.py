@@ -217,6 +217,19 @@ class AdminRecording:
         return Result(answer["columns"], answer.get("types") or [""] * len(answer["columns"]), answer["rows"],
                       bool(answer.get("truncated")))
 
+    def get_json(self, path: str) -> Any:
+        """``GET`` an admin endpoint (e.g. ``/admin/budgets``) with the token; its JSON answer."""
+        request = urllib.request.Request(self.where.rstrip("/") + path,
+                                         headers={"Authorization": f"Bearer {self._token}"})
+        try:
+            with self._opener.open(request, timeout=self._timeout_s) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RecordingError(f"the proxy's admin listener at {self.where} does not answer: {reason}") from exc
+
     def close(self) -> None:
         pass
 

@@ -95,6 +95,75 @@ where schema_name = 'main' and not internal and table_name not like '\\_%' escap
 order by table_name
 """
 
+# Each limit of each budget: the same figures as the proxy's GET /admin/budgets (proxy/budgets/
+# report.py), from the tables of migration m003. A reservation past its settle_by counts as spent at
+# its reserved amount, as the proxy settles it. The default budget (key_id '*') is shown for each
+# key without an entry that holds charges in the last 30 days.
+BUDGETS = """
+with lim as (select * from budget_limits),
+budgeted as (
+    select key_id, key_alias, budget, unit, window_s, limit_value, position from lim where key_id <> '*'
+    union all
+    select k.key_id, d.key_alias, d.budget, d.unit, d.window_s, d.limit_value, d.position
+    from (select distinct key_id from budget_charges
+          where reserved_at > now() - interval 30 day
+            and key_id not in (select key_id from lim where key_id <> '*')) k
+    cross join (select * from lim where key_id = '*') d
+),
+charges as (
+    select key_id, reserved_at, state = 'reserved' and settle_by > now() as open,
+           reserved_tokens, reserved_usd,
+           case when state = 'reserved' then reserved_tokens else spent_tokens end as spent_tokens,
+           case when state = 'reserved' then reserved_usd else spent_usd end as spent_usd
+    from budget_charges
+)
+select b.key_alias, b.key_id, b.budget, b.unit, b.window_s, b.limit_value as "limit",
+       coalesce(sum(case when not c.open then (case when b.unit = 'tokens' then c.spent_tokens
+                                                     else c.spent_usd end) end), 0)::double as used,
+       coalesce(sum(case when c.open then (case when b.unit = 'tokens' then c.reserved_tokens
+                                                 else c.reserved_usd end) end), 0)::double as reserved,
+       min(c.reserved_at) + to_seconds(b.window_s) as resets_at, b.position,
+       list_position(['tokens_per_minute', 'tokens_per_hour', 'tokens_per_day', 'tokens_per_30d', 'usd_per_day',
+                      'usd_per_30d'], b.budget) as ordinal
+from budgeted b
+left join charges c on c.key_id = b.key_id and c.reserved_at > now() - to_seconds(b.window_s)
+group by b.key_alias, b.key_id, b.budget, b.unit, b.window_s, b.limit_value, b.position
+order by b.position, b.key_id, ordinal
+"""
+BUDGET_COLUMNS = ("key_alias", "key_id", "budget", "unit", "window_s", "limit", "used", "reserved", "remaining",
+                  "resets_at")
+BUDGET_TYPES = ["VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "BIGINT", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE",
+                "TIMESTAMP WITH TIME ZONE"]
+
+
+def budgets(rec: Recording) -> Result:
+    """Each budget limit: the proxy's own figures when it holds the file, else computed from it."""
+    get_json = getattr(rec, "get_json", None)
+    records = get_json("/admin/budgets")["budgets"] if get_json is not None else rec.query(BUDGETS).records()
+    return budget_result(records)
+
+
+def _whole(value: float) -> int:
+    return round(value)
+
+
+def _micro(value: float) -> float:
+    return round(float(value), 6)
+
+
+def budget_result(records: Sequence[dict[str, Any]]) -> Result:
+    """One shape for both sources: whole tokens, USD to the micro-dollar, remaining = limit - used - reserved."""
+    rows = []
+    for r in records:
+        exact = _whole if r["unit"] == "tokens" else _micro
+        limit, used, reserved = exact(r["limit"]), exact(r["used"]), exact(r["reserved"])
+        resets = r["resets_at"]
+        if resets is not None:
+            resets = datetime.fromisoformat(resets).astimezone(UTC).isoformat()
+        rows.append([r["key_alias"], r["key_id"], r["budget"], r["unit"], int(r["window_s"]), limit, used, reserved,
+                     exact(limit - used - reserved), resets])
+    return Result(list(BUDGET_COLUMNS), list(BUDGET_TYPES), rows)
+
 
 def runs(rec: Recording, *, status: Sequence[str] = (), key: str | None = None, since: datetime | None = None,
          limit: int = 20) -> Result:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .admin_sql import add_sql_routes
+from .budgets.report import add_budget_routes
 from .config import ENV_ADMIN_TOKEN, Settings, parse_hostport
 from .errors import ConfigError, openai_error
 from .metrics import add_metrics_route
@@ -91,5 +92,7 @@ def make_admin_app(parts: Parts, token: str) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_sql_routes(app, parts)
+    service = getattr(parts, "budgets", None)  # None: a stub Parts without budgets
+    add_budget_routes(app, service.budgets if service is not None else None)
     add_metrics_route(app, getattr(parts, "registry", None))  # None: a stub Parts without metrics
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .admin import make_admin_app, write_token_file
+from .budgets.service import BudgetService
 from .config import Settings, parse_hostport
 from .forward import Handler, make_forward_handler
 from .metrics import make_registry
@@ -43,6 +44,7 @@ class Parts:
     inflight: set[asyncio.Task[web.StreamResponse]] = field(default_factory=set)
     registry: CollectorRegistry | None = None
     tracing: Tracing | None = None
+    budgets: BudgetService | None = None
 
     async def flush(self, exchanges_timeout_s: float = 30.0) -> None:
         """Until everything seen so far is in the database: exchanges in flight end (bounded),
@@ -70,10 +72,12 @@ async def _finish_inflight(tasks: set[asyncio.Task[web.StreamResponse]], grace_s
 
 
 def make_app(
-    settings: Settings, admin_token: str | None = None, *, token_file: bool = False
+    settings: Settings, admin_token: str | None = None, *, token_file: bool = False,
+    reload: Callable[[], Settings] | None = None,
 ) -> web.Application:
     """The proxy application. With `admin_token`, the admin listener is started beside it, and
-    with `token_file` the token is written beside the database once the database is ours."""
+    with `token_file` the token is written beside the database once the database is ours. With
+    `reload` (re-reading the config), SIGHUP reloads the budgets."""
     writer = Writer(
         settings.recorder.db,
         spill_path=settings.spill_path,
@@ -81,13 +85,17 @@ def make_app(
         batch_interval_s=settings.recorder.batch_interval_ms / 1000,
     )
     tracker = RunTracker(settings.recorder.max_tracked_runs)
-    registry, metrics = make_registry(writer, tracker, max_tracked=settings.recorder.max_tracked_runs)
+    budgets = BudgetService(settings, tracker, writer, lambda: parts.session)
+    registry, metrics = make_registry(writer, tracker, key_alias=budgets.alias,
+                                      max_tracked=settings.recorder.max_tracked_runs)
+    budgets.register(registry)
     tracing = make_tracing(settings, tracker, registry=registry)
     watched = [Recorder(writer, tracker, record_content=settings.recorder.record_content),
-               *([metrics] if settings.telemetry.metrics else []), *([tracing.observer] if tracing else [])]
+               *([metrics] if settings.telemetry.metrics else []), budgets.observer,
+               *([tracing.observer] if tracing else [])]
     observers = Observers(watched, on_error=metrics.observer_error)
     metrics.watch_observers(o.name for o in watched)
-    parts = Parts(settings, writer, tracker, observers, registry=registry, tracing=tracing)
+    parts = Parts(settings, writer, tracker, observers, registry=registry, tracing=tracing, budgets=budgets)
     # The proxy reads bodies itself (bounded per route, forward.py); aiohttp's own cap would
     # answer oversized bodies in its own error shape.
     app = web.Application(client_max_size=2**63 - 1, handler_args={"max_field_size": 65536})
@@ -98,6 +106,9 @@ def make_app(
         log.info("recording to %s (%s)", settings.recorder.db, report)
         with contextlib.closing(writer.cursor()) as cursor:  # list prices + the config's [prices]
             await asyncio.to_thread(set_prices, cursor, settings.prices.models)
+        with contextlib.closing(writer.cursor()) as cursor:  # budget limits in, the ledger out
+            loaded = await asyncio.to_thread(budgets.start, cursor)
+        log.info("budgets: %d charges loaded from the recording", loaded)
         if admin_token is not None and token_file:
             write_token_file(settings, admin_token)
         yield
@@ -115,7 +126,8 @@ def make_app(
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Accept"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        parts.forward = make_forward_handler(parts.session, settings, observers, tracker, parts.inflight)
+        parts.forward = make_forward_handler(parts.session, settings, observers, tracker, parts.inflight,
+                                             admit=budgets.admit)
         yield
         await _finish_inflight(parts.inflight, settings.server.shutdown_grace_s)
         await parts.session.close()
@@ -140,5 +152,6 @@ def make_app(
     # Tracing first, so it is torn down last: after in-flight exchanges ended their spans.
     # The admin listener binds before the writer starts: a port in use must fail before any
     # thread runs (aiohttp does not clean up earlier startup steps when a later one fails).
-    app.cleanup_ctx.extend([tracing_cleanup(tracing), admin_listener, recording, upstream_session])
+    app.cleanup_ctx.extend([tracing_cleanup(tracing), admin_listener, recording, budgets.ticker(),
+                            budgets.sighup(reload, writer.cursor), upstream_session])
     return app

@@ -26,13 +26,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import make_app
     from .config import ENV_ADMIN_TOKEN, load_settings, parse_hostport
 
-    settings = load_settings(
-        args.config,
-        overrides={
-            "server": {"upstream": args.upstream, "listen": args.listen, "admin_listen": args.admin_listen},
-            "recorder": {"db": args.db},
-        },
-    )
+    overrides = {
+        "server": {"upstream": args.upstream, "listen": args.listen, "admin_listen": args.admin_listen},
+        "recorder": {"db": args.db},
+    }
+    settings = load_settings(args.config, overrides=overrides)
     token = admin_token(settings)
     from_env = bool(os.environ.get(ENV_ADMIN_TOKEN))
     if settings.server.uvloop:
@@ -46,7 +44,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("runtap").info("forwarding %s:%d → %s", host, port, settings.server.upstream)
     try:
         web.run_app(
-            make_app(settings, admin_token=token, token_file=not from_env),
+            # SIGHUP re-reads the same file with the same flags: [budgets] (and [prices]) apply live.
+            make_app(settings, admin_token=token, token_file=not from_env,
+                     reload=lambda: load_settings(args.config, overrides=overrides)),
             host=host,
             port=port,
             shutdown_timeout=settings.server.shutdown_grace_s,

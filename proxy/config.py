@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from .budgets.settings import BudgetsSettings
 from .errors import ConfigError
 
 ENV_CONFIG = "RUNTAP_CONFIG"
@@ -146,6 +147,7 @@ class Settings(_Section):
     recorder: RecorderSettings = RecorderSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     prices: PricesSettings = PricesSettings()
+    budgets: BudgetsSettings = BudgetsSettings()
 
     @property
     def spill_path(self) -> Path:

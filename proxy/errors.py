@@ -64,3 +64,9 @@ def upstream_timeout(seconds: float) -> web.Response:
 def request_too_large(limit: int) -> web.Response:
     return openai_error(413, f"request body is larger than max_recorded_body_bytes ({limit} bytes)",
                         "invalid_request_error", "request_too_large")
+
+
+def budget_exceeded(message: str, retry_after_s: int) -> web.Response:
+    # x-should-retry: false, or the openai SDK would retry the 429 on its own (protocol.md §5).
+    return openai_error(429, message, "budget_exceeded", "budget_exceeded",
+                        headers={"retry-after": str(retry_after_s), "x-should-retry": "false"})

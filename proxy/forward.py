@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -38,6 +38,9 @@ from .tap import DeferredTap, Tap
 log = logging.getLogger("runtap.forward")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Budget admission (budgets/gate.py): None to forward, else runtap's refusal. Synchronous: no await
+# between its check and its reservation.
+Admit = Callable[[Exchange, Mapping[str, str]], web.Response | None]
 # What a client going away looks like to aiohttp's writer.
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, BrokenPipeError)
 TAP_DELAY_S = 0.05
@@ -64,6 +67,7 @@ def make_forward_handler(
     observers: Observers,
     tracker: RunTracker,
     inflight: set[asyncio.Task[web.StreamResponse]],
+    admit: Admit | None = None,
 ) -> Handler:
     upstream = settings.server.upstream.rstrip("/")
     max_body = settings.server.max_recorded_body_bytes
@@ -99,6 +103,12 @@ def make_forward_handler(
         ex = Exchange(route, request.method, request.path, request.query_string,
                       key_id_from_headers(request.headers), body)
         ex.traceparent = request.headers.get("traceparent")
+        if admit is not None and route.creates_run:
+            refusal = admit(ex, request.headers)
+            if refusal is not None:
+                observers.exchange_started(ex)
+                return answer(ex, refusal, Outcome.REJECTED, "budget exceeded")
+            body = ex.request_body  # clamp may have lowered max_completion_tokens
         observers.exchange_started(ex)
         try:
             ex.t_sent = time.perf_counter()

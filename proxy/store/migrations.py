@@ -567,6 +567,87 @@ _M002_DOCS: dict[str, str] = {
 }
 
 
+
+@migration
+def m003_budgets(con: duckdb.DuckDBPyConnection) -> None:
+    # The budget ledger (proxy/budgets): one row per charge, upserted through the writer like a
+    # run, so it survives a restart. Limits are configuration (rewritten at start and on SIGHUP,
+    # like prices), kept so that `runtap budgets` can report a stopped proxy's file.
+    _run(
+        con,
+        """
+        create table budget_charges (
+            charge_id varchar primary key,
+            key_id varchar,
+            key_alias varchar,
+            run_id varchar,
+            model varchar,
+            reserved_at timestamptz,
+            settle_by timestamptz,
+            reserved_tokens bigint,
+            reserved_usd double,
+            state varchar,
+            spent_tokens bigint,
+            spent_usd double,
+            settled_at timestamptz,
+            cancelled_by_budget_at timestamptz
+        )
+        """,
+        """
+        create table budget_limits (
+            key_id varchar,
+            budget varchar,
+            key_alias varchar,
+            unit varchar,
+            window_s bigint,
+            limit_value double,
+            position integer,
+            clamp boolean,
+            cancel_on_exhaustion boolean,
+            primary key (key_id, budget)
+        )
+        """,
+    )
+    for name, text in _M003_DOCS.items():
+        kind = "column" if "." in name else "table"
+        _run(con, f"comment on {kind} {name} is '{text.replace(chr(39), chr(39) * 2)}'")
+
+
+# Docs of m003's objects (the README's schema section is generated from them). Frozen with m003.
+_M003_DOCS: dict[str, str] = {
+    "budget_charges": "One row per budget charge: a run's reservation, replaced by its final usage when it ends "
+    "(README, Budgets). A key's spend in a window is the sum over charges reserved inside it.",
+    "budget_charges.charge_id": "The request_id of the exchange that reserved it (requests.request_id).",
+    "budget_charges.key_id": "Fingerprint of the key that pays.",
+    "budget_charges.key_alias": "The key's budget alias when it was reserved, or other.",
+    "budget_charges.run_id": "The run it pays for, once known.",
+    "budget_charges.model": "The run's model (from the request, then the run object), for USD.",
+    "budget_charges.reserved_at": "Admission time: the charge counts in every window that contains it.",
+    "budget_charges.settle_by": "An open reservation is settled at its reserved amount at this time (the run's "
+    "expires_at plus a minute, else settle_unseen_after_s after admission).",
+    "budget_charges.reserved_tokens": "Tokens reserved (max_prompt_tokens + max_completion_tokens, or the default; "
+    "plus continuation top-ups).",
+    "budget_charges.reserved_usd": "USD reserved, at the model's dearer rate (or the dearest in prices).",
+    "budget_charges.state": "reserved (run in flight), settled (final usage), expired (never seen to end: "
+    "charged its reservation) or released (no run was created).",
+    "budget_charges.spent_tokens": "What the charge costs once not reserved: the run's final total_tokens, once.",
+    "budget_charges.spent_usd": "The final usage at the model's prices.",
+    "budget_charges.settled_at": "When the state last left reserved.",
+    "budget_charges.cancelled_by_budget_at": "When runtap cancelled the run upstream because its budget ran out "
+    "(cancel_on_exhaustion).",
+    "budget_limits": "The budgets in force: one row per limit of each configured key (key_id * is the default "
+    "budget of keys without an entry). Rewritten from [budgets] at every start and SIGHUP.",
+    "budget_limits.budget": "The limit: tokens_per_minute, tokens_per_hour, tokens_per_day, tokens_per_30d, "
+    "usd_per_day or usd_per_30d.",
+    "budget_limits.key_alias": "The alias in metrics and reports (other for the default budget).",
+    "budget_limits.unit": "tokens or usd.",
+    "budget_limits.window_s": "The rolling window in seconds.",
+    "budget_limits.limit_value": "The limit, in unit per window.",
+    "budget_limits.position": "Order of the budget in the config.",
+    "budget_limits.clamp": "clamp is on for this budget.",
+    "budget_limits.cancel_on_exhaustion": "cancel_on_exhaustion is on for this budget.",
+}
+
 @dataclass(frozen=True, slots=True)
 class TableSpec:
     """What the writer needs to know about one table, read from a migrated database."""

@@ -174,3 +174,22 @@ def test_every_readme_question_prints_what_the_readme_shows(sample, question):
     assert printed.splitlines()[:2] == shown.splitlines()[:2] and len(printed.splitlines()) == len(shown.splitlines())
     assert sorted(line.split()[0] for line in printed.splitlines()[2:]) == \
         sorted(line.split()[0] for line in shown.splitlines()[2:])
+
+
+def test_budget_figures_have_one_shape_whichever_source_gave_them():
+    live = {"key_alias": "team-a", "key_id": "sha256:0123456789abcdef", "budget": "tokens_per_day", "unit": "tokens",
+            "window_s": 86400, "limit": 1000, "used": 120, "reserved": 512, "remaining": 368,
+            "resets_at": "2026-11-26T01:00:00.5+00:00"}
+    cold = {**live, "limit": 1000.0, "used": 120.0, "reserved": 512.0, "resets_at": "2026-11-26T02:00:00.5+01:00"}
+    usd = {**live, "budget": "usd_per_30d", "unit": "usd", "limit": 1.5, "used": 0.1 + 0.2, "reserved": 0.0,
+           "resets_at": None}
+    result = queries.budget_result([live, cold, usd])
+    assert result.columns == list(queries.BUDGET_COLUMNS)
+    assert result.rows[0] == result.rows[1] == [
+        "team-a", "sha256:0123456789abcdef", "tokens_per_day", "tokens", 86400, 1000, 120, 512, 368,
+        "2026-11-26T01:00:00.500000+00:00"]
+    assert result.rows[2][5:] == [1.5, 0.3, 0.0, 1.2, None]
+
+
+def test_budgets_on_a_recording_without_budgets_is_empty(sample):
+    assert queries.budgets(sample).rows == []

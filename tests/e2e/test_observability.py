@@ -40,7 +40,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from proxy.admin import make_admin_app
 from proxy.config import Settings
 from proxy.testing.scripts import Outcome, Script
-from tests.conftest import RAW_KEY
+from tests.conftest import KEY_ID, RAW_KEY
 from tests.e2e.test_proxy_sdk import WEATHER_TOOL, _tool_conversation
 
 DASHBOARDS = Path(__file__).parents[2] / "dashboards"
@@ -100,6 +100,8 @@ def settings(tmp_path, upstream, receiver) -> Settings:
         "server": {"upstream": str(upstream.make_url("")).rstrip("/"), "max_recorded_body_bytes": 65536},
         "recorder": {"db": str(tmp_path / "runtap.duckdb"), "batch_interval_ms": 5},
         "telemetry": {"otlp_endpoint": str(receiver[1].make_url("")).rstrip("/")},
+        # A budget, so that the Overview's budget panel has a series (runtap_budget_remaining_tokens).
+        "budgets": {"keys": [{"key_id": KEY_ID, "alias": "team-a", "tokens_per_day": 10_000_000}]},
     })
 
 

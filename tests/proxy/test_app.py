@@ -204,5 +204,5 @@ def test_metrics_false_takes_the_metrics_observer_off_the_stream(tmp_path: Path)
         settings = Settings.model_validate({"recorder": {"db": str(tmp_path / "r.duckdb")}, "telemetry": telemetry})
         return [o.name for o in make_app(settings)[PARTS].observers._observers]
 
-    assert observer_names() == ["recorder", "metrics"]
-    assert observer_names(metrics=False) == ["recorder"]
+    assert observer_names() == ["recorder", "metrics", "budgets"]
+    assert observer_names(metrics=False) == ["recorder", "budgets"]

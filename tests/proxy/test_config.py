@@ -14,7 +14,7 @@ def _fields(model: type[BaseModel], prefix: str = ""):
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from _fields(annotation, f"{name}.")
+            yield from _fields(annotation, f"{prefix}{name}.")
         else:
             yield prefix + name, field
 

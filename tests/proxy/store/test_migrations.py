@@ -12,7 +12,8 @@ import pytest
 from proxy.store import migrations
 from proxy.store.migrations import MIGRATIONS, TABLES, migrate, schema_markdown, table_specs
 
-PUBLIC_TABLES = {"requests", "events", "runs", "run_steps", "tool_calls", "messages", "prices"}
+PUBLIC_TABLES = {"requests", "events", "runs", "run_steps", "tool_calls", "messages", "prices", "budget_charges",
+                 "budget_limits"}
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -116,6 +117,14 @@ def test_columns_are_the_contract() -> None:
             "created_at", "completed_at", "incomplete_reason",
         ),
         "prices": ("model", "input_usd_per_1m", "output_usd_per_1m", "source"),
+        "budget_charges": (
+            "charge_id", "key_id", "key_alias", "run_id", "model", "reserved_at", "settle_by", "reserved_tokens",
+            "reserved_usd", "state", "spent_tokens", "spent_usd", "settled_at", "cancelled_by_budget_at",
+        ),
+        "budget_limits": (
+            "key_id", "budget", "key_alias", "unit", "window_s", "limit_value", "position", "clamp",
+            "cancel_on_exhaustion",
+        ),
     }  # fmt: skip
 
 
@@ -128,6 +137,8 @@ def test_keys_modes_and_types() -> None:
         "tool_calls": ("upsert", ("tool_call_id",)),
         "messages": ("upsert", ("message_id",)),
         "prices": ("upsert", ("model",)),
+        "budget_charges": ("upsert", ("charge_id",)),
+        "budget_limits": ("upsert", ("key_id", "budget")),
     }
     for spec in TABLES.values():
         for column, data_type in spec.types.items():

@@ -1,0 +1,170 @@
+import orjson
+import pytest
+
+from proxy.budgets.gate import Budgets, Credentials, Prices, estimate, prices_from
+from proxy.budgets.ledger import Ledger
+from proxy.budgets.settings import BudgetsSettings
+from proxy.exchange import Exchange
+from proxy.routes import classify
+from proxy.runs import RunTracker, Seen
+from proxy.store.migrations import price_rows
+
+KEY = "sha256:0123456789abcdef"
+OTHER = "sha256:fedcba9876543210"
+NOW = 1_800_000_000.0
+PRICES = prices_from(price_rows())
+
+
+def budgets(**config) -> Budgets:
+    config.setdefault("keys", [{"key_id": KEY, "alias": "team-a", "tokens_per_day": 2000}])
+    return Budgets(BudgetsSettings.model_validate(config), PRICES, Ledger(None, lambda: NOW), RunTracker(),
+                   clock=lambda: NOW)
+
+
+def create(body: dict | None = None, key: str | None = KEY, path: str = "/v1/threads/runs") -> Exchange:
+    raw = None if body is None else orjson.dumps(body)
+    return Exchange(classify("POST", path), "POST", path, "", key, raw)
+
+
+def refusal_json(response) -> dict:
+    assert response.status == 429 and response.content_type == "application/json"
+    assert (response.headers["x-should-retry"], int(response.headers["retry-after"]) > 0) == ("false", True)
+    return orjson.loads(response.body)["error"]
+
+
+def test_estimate_is_both_maxima_else_the_default_plus_what_is_set():
+    assert estimate({"max_prompt_tokens": 300, "max_completion_tokens": 400}, 4096) == 700
+    assert estimate({"max_completion_tokens": 400}, 4096) == 4496
+    assert estimate({"max_prompt_tokens": None, "max_completion_tokens": True}, 4096) == 4096
+    assert estimate(None, 100) == 100
+
+
+def test_prices_match_exact_names_then_the_longest_dashed_prefix():
+    prices = Prices({"gpt-4o": (2.5, 10.0), "gpt-4o-mini": (0.15, 0.6), "o1": (15.0, 60.0)})
+    assert prices.of("gpt-4o-2024-08-06") == (2.5, 10.0)
+    assert prices.of("gpt-4o-mini-2024-07-18") == (0.15, 0.6)
+    assert prices.of("gpt-4ox") is None and prices.of(None) is None
+    assert prices.reservation(1_000_000, "gpt-4o") == 10.0  # the dearer rate
+    assert prices.reservation(1_000_000, "unknown") == 60.0  # the dearest in the table
+    assert prices.cost(1_000_000, 1_000_000, 2_000_000, "gpt-4o") == 12.5
+
+
+def test_only_run_creating_requests_with_a_key_are_admitted_or_refused():
+    b = budgets()
+    assert b.admit(Exchange(classify("GET", "/v1/threads/t/runs/r"), "GET", "/v1/threads/t/runs/r", "", KEY, None),
+                   {}) is None
+    assert b.admit(create({"assistant_id": "a"}, key=None), {}) is None
+    assert b.ledger.by_id == {}
+
+
+def test_a_fitting_request_reserves_and_the_next_that_does_not_fit_is_refused():
+    b = budgets()
+    ex = create({"assistant_id": "a", "max_prompt_tokens": 800, "max_completion_tokens": 800, "model": "gpt-4o"})
+    assert b.admit(ex, {}) is None
+    charge = b.pending[ex.request_id]
+    assert (charge.reserved_tokens, charge.model, charge.reserved_usd) == (1600, "gpt-4o", 1600 * 10.0 / 1e6)
+    error = refusal_json(b.admit(create({"assistant_id": "a", "max_prompt_tokens": 256,
+                                         "max_completion_tokens": 256}), {}))
+    assert (error["type"], error["code"], error["param"]) == ("budget_exceeded", "budget_exceeded", None)
+    assert error["message"].startswith("budget 'team-a' tokens_per_day = 2000 tokens per rolling 24 h: this run "
+                                       "needs 512 tokens reserved, 400 tokens left (0 tokens used, 1600 tokens "
+                                       "reserved by runs in flight); enough of it frees by ")
+    assert len(b.ledger.by_id) == 1
+
+
+def test_unknown_keys_are_allowed_denied_or_given_the_default_budget():
+    body = {"assistant_id": "a", "max_prompt_tokens": 256, "max_completion_tokens": 256}
+    allow = budgets()
+    assert allow.admit(create(body, key=OTHER), {}) is None  # recorded, not limited
+    assert allow.ledger.window(OTHER, "day").reserved_tokens == 512
+    deny = refusal_json(budgets(unknown_keys="deny").admit(create(body, key=OTHER), {}))
+    assert "no budget" in deny["message"]
+    default = budgets(unknown_keys="default", default={"tokens_per_minute": 600})
+    assert default.admit(create(body, key=OTHER), {}) is None
+    assert default.alias(OTHER) == "other" and default.alias(KEY) == "team-a"
+    error = refusal_json(default.admit(create(body, key=OTHER), {}))
+    assert error["message"].startswith("the default budget (keys without an entry) tokens_per_minute = 600 tokens")
+
+
+def test_a_usd_limit_refuses_on_price():
+    b = budgets(keys=[{"key_id": KEY, "alias": "team-a", "usd_per_day": 0.01}])
+    body = {"assistant_id": "a", "max_prompt_tokens": 500, "max_completion_tokens": 500, "model": "gpt-4o"}
+    assert b.admit(create(body), {}) is None  # 1000 tokens at 10 USD per 1M: 0.01 USD exactly
+    error = refusal_json(b.admit(create(body), {}))
+    assert error["message"].startswith("budget 'team-a' usd_per_day = 0.0100 USD per rolling 24 h")
+
+
+def test_clamp_rewrites_only_max_completion_tokens_and_never_below_256():
+    b = budgets(keys=[{"key_id": KEY, "alias": "team-a", "tokens_per_day": 1000, "clamp": True}])
+    ex = create({"assistant_id": "a", "max_prompt_tokens": 256, "max_completion_tokens": 4000, "metadata": {"x": 1}})
+    assert b.admit(ex, {}) is None
+    assert orjson.loads(ex.request_body) == {"assistant_id": "a", "max_prompt_tokens": 256,
+                                             "max_completion_tokens": 744, "metadata": {"x": 1}}
+    assert b.pending[ex.request_id].reserved_tokens == 1000
+    refused = create({"assistant_id": "a", "max_prompt_tokens": 256})
+    assert b.admit(refused, {}).status == 429
+    assert orjson.loads(refused.request_body) == {"assistant_id": "a", "max_prompt_tokens": 256}
+
+
+def _paused_run(b: Budgets, run_id: str = "run_1", total: int | None = 98) -> None:
+    usage = None if total is None else {"prompt_tokens": total, "completion_tokens": 0, "total_tokens": total}
+    b.tracker.apply({"object": "thread.run", "id": run_id, "thread_id": "thread_1", "status": "requires_action",
+                     "model": "gpt-4o", "usage": usage}, Seen("rt_x", KEY, None, None))
+
+
+def submit(run_id: str = "run_1") -> Exchange:
+    path = f"/v1/threads/thread_1/runs/{run_id}/submit_tool_outputs"
+    return create({"tool_outputs": []}, path=path)
+
+
+def test_a_continuation_rides_on_its_runs_reservation_until_the_usage_has_used_it_up():
+    b = budgets(default_reservation_tokens=100)
+    ex = create({"assistant_id": "a"})
+    b.admit(ex, {})
+    charge = b.pending[ex.request_id]
+    b.ledger.link(charge, "run_1")
+    _paused_run(b, total=60)
+    assert b.admit(submit(), {}) is None and charge.reserved_tokens == 100  # rides
+    _paused_run(b, total=120)
+    assert b.admit(submit(), {}) is None and charge.reserved_tokens == 200  # tops up the same charge
+    assert list(b.ledger.by_id) == [ex.request_id]
+    b.ledger.settle(charge, 230, 0.0)  # the run ended: a late continuation owes nothing more
+    assert b.admit(submit(), {}) is None and (charge.state, charge.reserved_tokens) == ("settled", 200)
+
+
+def test_a_continuation_of_an_unknown_run_reserves_for_it_and_can_be_refused():
+    b = budgets(keys=[{"key_id": KEY, "alias": "team-a", "tokens_per_day": 5000}])
+    _paused_run(b, "run_9", total=None)
+    ex = submit("run_9")
+    assert b.admit(ex, {}) is None
+    assert b.ledger.by_run["run_9"].reserved_tokens == 4096 and b.pending[ex.request_id].run_id == "run_9"
+    assert b.admit(submit("run_8"), {}).status == 429
+
+
+def test_credentials_are_held_only_for_cancel_on_exhaustion_and_never_shown():
+    headers = {"Authorization": "Bearer sk-secret", "OpenAI-Beta": "assistants=v2", "Cookie": "c=1"}
+    plain = budgets()
+    plain.admit(create({"assistant_id": "a"}), headers)
+    assert plain.credentials == {}
+    b = budgets(keys=[{"key_id": KEY, "alias": "team-a", "tokens_per_day": 10000, "cancel_on_exhaustion": True}])
+    ex = Exchange(classify("POST", "/openai/threads/runs"), "POST", "/openai/threads/runs", "api-version=1", KEY,
+                  b"{}")
+    b.admit(ex, headers)
+    held = b.credentials[ex.request_id]
+    assert held == Credentials({"Authorization": "Bearer sk-secret", "OpenAI-Beta": "assistants=v2"},
+                               "api-version=1", "/openai")
+    assert "sk-secret" not in repr(held) and "sk-secret" not in str(held)
+
+
+@pytest.mark.parametrize("limits", [{"tokens_per_minute": 100}, {"tokens_per_30d": 100}])
+def test_a_reservation_larger_than_a_limit_never_fits(limits):
+    b = budgets(keys=[{"key_id": KEY, "alias": "team-a", **limits}])
+    response = b.admit(create({"assistant_id": "a"}), {})
+    assert "never fits" in refusal_json(response)["message"]
+
+
+def test_a_failing_admission_lets_the_request_through_and_is_counted(caplog):
+    b = budgets()
+    b.ledger.keys = None  # type: ignore[assignment]  # break the ledger: any reservation now raises
+    assert b.admit(create({"assistant_id": "a"}), {}) is None
+    assert b.errors == 1 and "forwarding it unchecked" in caplog.text
