@@ -16,6 +16,8 @@ from typing import Any
 
 import duckdb
 
+from proxy.store.migrations import APPEND_TABLES
+
 from .db import FileRecording, QueryError, Recording, Result
 
 RUNS = """
@@ -242,7 +244,8 @@ def export_parquet(rec: Recording, out_dir: Path) -> Result:
 def _rebuild(rec: Recording, table: str, out: duckdb.DuckDBPyConnection) -> None:
     """Page ``table`` out of the proxy by primary key into ``out``'s table ``exported``, types intact."""
     columns = [(str(c), str(t)) for c, t in rec.query(COLUMNS, [table]).rows]
-    keys = [k for row in rec.query(PRIMARY_KEY, [table]).rows for k in row[0]]
+    # events has a key that is not a constraint (migration m004): page by it all the same.
+    keys = [k for row in rec.query(PRIMARY_KEY, [table]).rows for k in row[0]] or list(APPEND_TABLES.get(table, ()))
     if not keys:
         raise QueryError(f"{table} has no primary key to page it by; stop the proxy and export the file")
     out.execute(f"create table exported ({', '.join(f'{_ident(c)} {t}' for c, t in columns)})")

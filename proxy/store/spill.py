@@ -146,7 +146,8 @@ def replay(
 ) -> ReplayReport:
     """Re-apply a spill file through ``apply_batch`` (one transaction per call), then archive it.
 
-    ``apply_batch`` must be idempotent (events ignore a repeated key; upserts merge), so a replay
+    ``apply_batch`` must be idempotent (``write_batch(replay=True)``: events skip a stored key;
+    upserts merge), so a replay
     interrupted by a crash is simply done again.
     """
     report = ReplayReport()

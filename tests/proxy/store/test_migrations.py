@@ -201,3 +201,27 @@ def test_readme_schema_section_is_generated_from_a_migrated_database():
     from proxy.store.migrations import schema_markdown
 
     assert readme_section((root / "README.md").read_text()) == schema_markdown(), "run `make schema-doc`"
+
+
+def test_m004_rebuilds_events_without_its_key_keeping_rows_and_comments(
+    con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before_m004 = [fn for fn in MIGRATIONS if fn.__name__ < "m004"]
+    monkeypatch.setattr(migrations, "MIGRATIONS", before_m004)
+    migrate(con)
+    con.execute("insert into events values ('rq_1', 0, 'thread.run.created', '{}', now(), 'run_1', null),"
+                " ('rq_1', 1, 'done', '[DONE]', now(), 'run_1', '\\x00'::blob)")
+    keyed = con.execute("select count(*) from duckdb_constraints() where table_name = 'events'"
+                        " and constraint_type = 'PRIMARY KEY'").fetchall()
+    comments = con.execute("select column_name, comment from duckdb_columns() where table_name = 'events'"
+                           " order by column_index").fetchall()
+    rows = con.execute("select * from events order by seq").fetchall()
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    migrate(con)
+    assert keyed == [(1,)]
+    assert con.execute("select count(*) from duckdb_constraints() where table_name = 'events'"
+                       " and constraint_type = 'PRIMARY KEY'").fetchall() == [(0,)]
+    assert con.execute("select * from events order by seq").fetchall() == rows
+    assert con.execute("select column_name, comment from duckdb_columns() where table_name = 'events'"
+                       " order by column_index").fetchall() == comments
+    assert table_specs(con)["events"].key == ("request_id", "seq")  # still the dedup key of a replay

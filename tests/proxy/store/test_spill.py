@@ -29,7 +29,7 @@ def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 def apply_to(con: duckdb.DuckDBPyConnection) -> Callable[[Sequence[Item]], None]:
     def apply_batch(items: Sequence[Item]) -> None:
-        write_batch(con, TABLES, items)
+        write_batch(con, TABLES, items, replay=True)
 
     return apply_batch
 
