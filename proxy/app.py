@@ -48,8 +48,8 @@ class Parts:
 
     async def flush(self, exchanges_timeout_s: float = 30.0) -> None:
         """Until everything seen so far is in the database: exchanges in flight end (bounded),
-        the observers' work queued behind the relay (forward.py defers it with call_soon, FIFO)
-        runs, then the writer commits."""
+        the taps' work they queued behind the relay (tap.DeferredTap ends with call_soon) runs,
+        then the writer commits."""
         if self.inflight:
             await asyncio.wait(set(self.inflight), timeout=exchanges_timeout_s)
         await asyncio.sleep(0)

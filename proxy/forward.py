@@ -2,8 +2,9 @@
 
 For each request: classify the route, read the body of recorded routes (bounded), open the
 upstream request, copy status and headers, then relay every body chunk to the client *before*
-the tap sees it. Nothing here parses JSON or touches DuckDB, OpenTelemetry or Prometheus; the
-only awaits are the two sockets.
+the tap sees it (in batches, tap.DeferredTap). Nothing here touches DuckDB, OpenTelemetry or
+Prometheus, and the only awaits are the two sockets; the one JSON parse is budget admission's, of a
+run-creating request's body, because its check must come before the request is forwarded.
 
 Failure policy (contract §4):
 - no response from the upstream → runtap's own 502 (unreachable) or 504 (no headers in time);
@@ -33,7 +34,7 @@ from .keys import key_id_from_headers
 from .observers import Observers
 from .routes import Route, classify
 from .runs import RunTracker
-from .tap import DeferredTap, Tap
+from .tap import DeferredTap, Tap, TapQueue
 
 log = logging.getLogger("runtap.forward")
 
@@ -73,6 +74,7 @@ def make_forward_handler(
     max_body = settings.server.max_recorded_body_bytes
     drain_s = settings.timeouts.client_gone_drain_s
     read_s = settings.timeouts.read_s
+    pending_taps = TapQueue()
 
     def answer(ex: Exchange, response: web.Response, outcome: Outcome, error: str) -> web.Response:
         """runtap answers itself (413, 502, 504): no tap, the exchange ends here."""
@@ -91,6 +93,8 @@ def make_forward_handler(
         return await asyncio.shield(task)
 
     async def exchange(request: web.Request) -> web.StreamResponse:
+        # What other exchanges relayed before this request arrived is seen before it (tap.TapQueue).
+        pending_taps.drain()
         route: Route = classify(request.method, request.path)
         body: bytes | None = None
         if route.recorded:
@@ -124,6 +128,10 @@ def make_forward_handler(
         except (aiohttp.ClientError, OSError) as e:
             return answer(ex, errors.upstream_unreachable(type(e).__name__), Outcome.UPSTREAM_ERROR,
                           f"{type(e).__name__}: {e}")
+        except BaseException as e:  # cancelled at shutdown, or a bug: the exchange is still recorded
+            if ex.finish(Outcome.TRUNCATED, _cut_reason(e, "before the upstream answered")):
+                observers.exchange_finished(ex)
+            raise
         try:
             return await _relay(request, upstream_response, ex)
         finally:
@@ -141,7 +149,8 @@ def make_forward_handler(
                                       headers=client_headers(headers))
         # The tap works in loop callbacks behind the relay, in batches (tap.DeferredTap): never
         # between a chunk's arrival and its write, and for a fast stream only once it is over.
-        tap = DeferredTap(Tap(ex, tracker, observers, max_body), asyncio.get_running_loop(), TAP_DELAY_S)
+        tap = DeferredTap(Tap(ex, tracker, observers, max_body), asyncio.get_running_loop(), TAP_DELAY_S,
+                          pending_taps)
         outcome, error = Outcome.COMPLETED, None
         client_open = True
         broke = False
@@ -164,8 +173,10 @@ def make_forward_handler(
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             broke = True
             outcome, error = Outcome.TRUNCATED, f"{type(e).__name__}: {e}"
-        except asyncio.CancelledError:
-            tap.end(Outcome.TRUNCATED, "cancelled (shutdown)")
+        except BaseException as e:  # cancelled at shutdown, or a bug: record what was relayed
+            tap.end(Outcome.TRUNCATED, _cut_reason(e, "mid-response"))
+            if not isinstance(e, asyncio.CancelledError):
+                _abort(request)
             raise
         if ex.client_gone:
             outcome = Outcome.CLIENT_GONE
@@ -181,6 +192,12 @@ def make_forward_handler(
         return response
 
     return forward
+
+
+def _cut_reason(e: BaseException, when: str) -> str:
+    if isinstance(e, asyncio.CancelledError):
+        return f"cancelled (shutdown) {when}"
+    return f"{type(e).__name__} {when}: {e}"
 
 
 def _client_left(ex: Exchange, upstream_response: aiohttp.ClientResponse, drain_s: float) -> bool:

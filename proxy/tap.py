@@ -197,23 +197,53 @@ class Tap:
         log.exception("tap failed in %s for %s", where, self.ex.request_id)
 
 
+class TapQueue:
+    """The `DeferredTap`s of one proxy holding chunks not parsed yet, oldest first.
+
+    Exchanges of one run overlap: the SDK's event handler submits tool outputs while the create
+    stream is still open, and a poll can cross a stream. So before anything of another exchange
+    is seen (its start, its end) every pending chunk is parsed first: the tracker and observers see
+    all exchanges in arrival order, as if each chunk had been parsed on arrival.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: dict[DeferredTap, None] = {}  # insertion-ordered: by first pending chunk
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, tap: DeferredTap) -> None:
+        self._pending[tap] = None
+
+    def discard(self, tap: DeferredTap) -> None:
+        self._pending.pop(tap, None)
+
+    def drain(self) -> None:
+        """Parse every pending chunk of every exchange, oldest exchange first."""
+        while self._pending:
+            next(iter(self._pending)).drain()
+
+
 class DeferredTap:
     """The relay's handle on a `Tap`: the tap works in batches, after the chunks went out.
 
     Per chunk the relay only notes the chunk and its arrival time. The tap gets them when a timer
-    fires (`delay` after the first unprocessed chunk) or when the exchange ends, whichever comes
-    first, so a fast stream is parsed once it is over instead of between its chunks, where every
-    microsecond of parsing would delay the next chunk. Event times are the arrival times, so
-    metrics, spans and rows are as exact as if each chunk had been parsed at once; observers see a
-    live stream at most `delay` late. Everything runs in loop callbacks, in order.
+    fires (`delay` after the first unprocessed chunk), when the exchange ends, or when any other
+    exchange starts or ends (`TapQueue`), whichever comes first. So a fast stream is parsed once it
+    is over instead of between its chunks, where every microsecond of parsing would delay the next
+    chunk. Event times are the arrival times, so metrics, spans and rows are as exact as if each
+    chunk had been parsed at once; observers see a live stream at most `delay` late.
     """
 
-    __slots__ = ("_chunks", "_delay", "_loop", "_timer", "tap")
+    __slots__ = ("_chunks", "_delay", "_loop", "_queue", "_timer", "tap")
 
-    def __init__(self, tap: Tap, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+    def __init__(self, tap: Tap, loop: asyncio.AbstractEventLoop, delay: float, queue: TapQueue | None = None) -> None:
         self.tap = tap
         self._loop = loop
         self._delay = delay
+        self._queue = queue if queue is not None else TapQueue()
         self._chunks: list[tuple[bytes, float]] = []
         self._timer: asyncio.TimerHandle | None = None
 
@@ -223,21 +253,24 @@ class DeferredTap:
     def feed(self, chunk: bytes) -> None:
         self._chunks.append((chunk, time.time()))
         if self._timer is None:
-            self._timer = self._loop.call_later(self._delay, self._drain)
+            self._timer = self._loop.call_later(self._delay, self.drain)
+            self._queue.add(self)
 
     def end(self, outcome: Outcome, error: str | None = None) -> None:
+        self._loop.call_soon(self._finish, outcome, error, time.perf_counter())
+
+    def drain(self) -> None:
+        """Parse what is pending now (the timer, the queue, or the end calls it)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._loop.call_soon(self._finish, outcome, error, time.perf_counter())
-
-    def _drain(self) -> None:
-        self._timer = None
+        self._queue.discard(self)
         chunks, self._chunks = self._chunks, []
         feed = self.tap.feed
         for chunk, received in chunks:
             feed(chunk, received)
 
     def _finish(self, outcome: Outcome, error: str | None, at: float) -> None:
-        self._drain()
+        self._queue.drain()  # other exchanges' earlier chunks first (this one's included, in order)
+        self.drain()
         self.tap.end(outcome, error, at)

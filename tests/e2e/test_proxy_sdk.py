@@ -201,3 +201,4 @@ async def test_expired_and_cancelled_runs(fake, client, recorded):
     [(ended_at,)] = q("select ended_at from runs where run_id = ?", run.id)
     assert ended_at is not None
     assert q("select output, submitted_at from tool_calls") == [(None, None)]
+

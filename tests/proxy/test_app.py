@@ -171,8 +171,25 @@ async def test_cleanup_cancels_what_outlives_the_grace_period(fake, start, caplo
     assert running.parts.inflight == set()
     assert not fake.responses[0].complete
     assert "cancelled 1 exchanges still running after the" in caplog.text
-    assert query(running.db, "select outcome, error from requests") == [("truncated", "cancelled (shutdown)")]
+    assert query(running.db, "select outcome, error from requests") == [
+        ("truncated", "cancelled (shutdown) mid-response")]
     assert query(running.db, "select count(*) from events where event = 'done'") == [(0,)]
+
+
+async def test_an_exchange_cancelled_before_the_upstream_answered_is_still_recorded(fake, start):
+    fake.fault(Fault(path="/threads/runs", stall_before_s=5))  # no headers before the grace period ends
+    running = await start(server={"shutdown_grace_s": 0.3}, shutdown_timeout=0.05)
+    request = asyncio.ensure_future(_leave_after_first_chunk(running))
+    for _ in range(500):  # until the exchange waits on the upstream
+        if running.parts.inflight:
+            break
+        await asyncio.sleep(0.01)
+    await running.stop()
+    request.cancel()
+    await asyncio.gather(request, return_exceptions=True)
+    assert running.parts.inflight == set()
+    assert query(running.db, "select outcome, error, status from requests") == [
+        ("truncated", "cancelled (shutdown) before the upstream answered", None)]
 
 
 async def test_the_admin_listener_starts_and_stops_with_the_app(start, unused_tcp_port):

@@ -8,7 +8,7 @@ from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observer, Observers
 from proxy.routes import classify
 from proxy.runs import RunState, RunTracker, ToolCallState
-from proxy.tap import DeferredTap, Tap, parse_object
+from proxy.tap import DeferredTap, Tap, TapQueue, parse_object
 from proxy.testing.replay import Capture
 
 RUN = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "assistant_id": "asst_1",
@@ -29,8 +29,9 @@ STREAM = b"".join([
 ])
 
 
-def _tap(path="/v1/threads/runs", method="POST", body=b'{"assistant_id":"asst_1","stream":true}', status=200):
-    capture = Capture()
+def _tap(path="/v1/threads/runs", method="POST", body=b'{"assistant_id":"asst_1","stream":true}', status=200,
+         capture=None):
+    capture = capture or Capture()
     ex = Exchange(classify(method, path), method, path, "", "sha256:k", body)
     ex.status = status
     return Tap(ex, RunTracker(), Observers([capture]), 1 << 20), capture
@@ -165,3 +166,31 @@ async def test_deferred_tap_feeds_a_live_stream_after_its_delay():
     await asyncio.sleep(0.05)
     assert [e.name for e in capture.events] == ["thread.created"]  # the stream is still open
     assert not any(hook == "exchange_finished" for hook, _ in capture.calls)
+
+
+async def test_a_new_exchange_sees_what_other_exchanges_relayed_before_it():
+    # The SDK submits tool outputs while the create stream is still open: the create stream's
+    # requires_action, relayed but not yet parsed, must reach the tracker before the submit does.
+    loop = asyncio.get_running_loop()
+    queue = TapQueue()
+    create, seen = _tap()
+    poll, _ = _tap("/v1/threads/thread_1/runs/run_1", "GET", None, capture=seen)  # one capture: one order
+    stream = DeferredTap(create, loop, delay=10, queue=queue)
+    stream.response_started("text/event-stream", None)
+    stream.feed(STREAM[:STREAM.index(b"event: thread.run.completed")])
+    await asyncio.sleep(0)
+    assert seen.events == [] and len(queue) == 1
+    queue.drain()  # what forward.py does when the next request arrives
+    assert [e.name for e in seen.events] == ["thread.created", "thread.run.created"] and len(queue) == 0
+    # An exchange that ends drains the others first, oldest first, then itself.
+    stream.feed(STREAM[STREAM.index(b"event: thread.run.completed"):])
+    other = DeferredTap(poll, loop, delay=10, queue=queue)
+    other.response_started("application/json", None)
+    other.feed(orjson.dumps(RUN | {"status": "completed"}))
+    other.end(Outcome.COMPLETED)
+    await asyncio.sleep(0)
+    # The stream's last events, then the poll's body, then the poll's end: arrival order.
+    assert [(hook, e.name if hook == "run_event" else e) for hook, e in seen.calls[-4:]] == [
+        ("run_event", "thread.run.completed"), ("run_event", "done"), ("run_event", None),
+        ("exchange_finished", Outcome.COMPLETED)]
+    assert seen.events[-1].obj["status"] == "completed" and len(queue) == 0
