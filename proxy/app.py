@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from . import redact
 from .admin import make_admin_app, write_token_file
 from .config import Settings, parse_hostport
 from .forward import Handler, make_forward_handler
@@ -74,6 +75,7 @@ def make_app(
 ) -> web.Application:
     """The proxy application. With `admin_token`, the admin listener is started beside it, and
     with `token_file` the token is written beside the database once the database is ours."""
+    redact.install()  # aiohttp's parser errors quote request headers, the key among them
     writer = Writer(
         settings.recorder.db,
         spill_path=settings.spill_path,
