@@ -64,3 +64,8 @@ def upstream_timeout(seconds: float) -> web.Response:
 def request_too_large(limit: int) -> web.Response:
     return openai_error(413, f"request body is larger than max_recorded_body_bytes ({limit} bytes)",
                         "invalid_request_error", "request_too_large")
+
+
+def invalid_request_target() -> web.Response:
+    return openai_error(400, "runtap forwards origin-form request targets only (a path starting with /)",
+                        "invalid_request_error", "invalid_request_target")

@@ -86,6 +86,13 @@ def make_forward_handler(
 
     async def exchange(request: web.Request) -> web.StreamResponse:
         route: Route = classify(request.method, request.path)
+        if not request.raw_path.startswith("/"):
+            # An absolute-form target (`GET http://host/path`) appended to the upstream URL names
+            # another host, or no valid URL at all (an unhandled 500). No OpenAI client sends one.
+            ex = Exchange(route, request.method, request.path, request.query_string,
+                          key_id_from_headers(request.headers), None)
+            observers.exchange_started(ex)
+            return answer(ex, errors.invalid_request_target(), Outcome.REJECTED, "request target not origin-form")
         body: bytes | None = None
         if route.recorded:
             body = await _read_body(request, max_body)
