@@ -36,23 +36,12 @@ from proxy.config import Settings
 from proxy.testing.fake_upstream import FakeUpstream
 from proxy.tracing import make_tracing
 from tests.conftest import RAW_KEY
+from tests.faults.proc import poll, serve  # noqa: F401  # fixtures and helpers for every case
 
 ADMIN_TOKEN = "faults-admin-token-" + "t0k" * 8
 SECRETS = (RAW_KEY, RAW_KEY[len("sk-test-"):], ADMIN_TOKEN)
 """What must never be written: the key (also without its prefix) and the admin token."""
 TABLES = ("requests", "events", "runs", "run_steps", "tool_calls", "messages")
-
-
-async def poll(check: Callable[[], Any], deadline_s: float = 10.0) -> Any:
-    """Call `check()` (sync or async) until it returns something truthy or the deadline passes."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.02)
 
 
 def assert_no_secret_in_files(root: Path) -> None:
