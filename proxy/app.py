@@ -96,12 +96,22 @@ def make_app(
     app[PARTS] = parts
 
     async def recording(app: web.Application) -> AsyncIterator[None]:
-        report = await asyncio.to_thread(writer.start)
-        log.info("recording to %s (%s)", settings.recorder.db, report)
-        with contextlib.closing(writer.cursor()) as cursor:  # list prices + the config's [prices]
-            await asyncio.to_thread(set_prices, cursor, settings.prices.models)
-        if admin_token is not None and token_file:
-            write_token_file(settings, admin_token)
+        starting = asyncio.ensure_future(asyncio.to_thread(writer.start))
+        try:
+            report = await asyncio.shield(starting)
+            log.info("recording to %s (%s)", settings.recorder.db, report)
+            with contextlib.closing(writer.cursor()) as cursor:  # list prices + the config's [prices]
+                await asyncio.to_thread(set_prices, cursor, settings.prices.models)
+            if admin_token is not None and token_file:
+                write_token_file(settings, admin_token)
+        except BaseException:
+            # A SIGTERM while starting (a long spill replay) cancels this step, but the thread goes
+            # on and start() leaves the writer's non-daemon thread running; aiohttp only cleans up
+            # steps that finished starting, so nobody would close it and the process would hang.
+            with contextlib.suppress(BaseException):
+                await starting
+            await asyncio.to_thread(writer.close)
+            raise
         yield
         await asyncio.to_thread(writer.close)
 
