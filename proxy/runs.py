@@ -250,14 +250,16 @@ class RunTracker:
         run.expires_at = _ts(obj.get("expires_at")) or run.expires_at
         run.max_prompt_tokens = obj.get("max_prompt_tokens") or run.max_prompt_tokens
         run.max_completion_tokens = obj.get("max_completion_tokens") or run.max_completion_tokens
+        status = obj.get("status")
+        if not _moves(RUN_TRANSITIONS, run.status, status):
+            # Stale snapshot: the run already ended. Its usage is stale too (a requires_action poll
+            # answered before the end but seen after it would roll the final count back).
+            return changed
         usage = obj.get("usage")
         if isinstance(usage, dict):
             run.prompt_tokens = usage.get("prompt_tokens", run.prompt_tokens)
             run.completion_tokens = usage.get("completion_tokens", run.completion_tokens)
             run.total_tokens = usage.get("total_tokens", run.total_tokens)
-        status = obj.get("status")
-        if not _moves(RUN_TRANSITIONS, run.status, status):
-            return changed  # stale snapshot: the run already ended
         if status == "requires_action" and run.status != "requires_action":
             changed.extend(self._required_action(run, obj, seen.at))
         run.status = status
@@ -364,7 +366,9 @@ class RunTracker:
     def _apply_step_delta(self, obj: dict[str, Any]) -> None:
         step = self._steps.get(obj.get("id"))  # type: ignore[arg-type]  # a str or a miss
         details = ((obj.get("delta") or {}).get("step_details")) or {}
-        if step is None or not isinstance(details.get("tool_calls"), list):
+        if step is None or step.status in STEP_TERMINAL or not isinstance(details.get("tool_calls"), list):
+            # A step that ended has its calls' full snapshot: a late fragment would be appended to
+            # the complete arguments (a steps poll seen before the stream's deltas).
             return
         for fragment in details["tool_calls"]:
             if not isinstance(fragment, dict) or not isinstance(fragment.get("index"), int):
