@@ -67,6 +67,8 @@ class ToolCallState:
     requested_at: datetime | None = None
     submitted_at: datetime | None = None
     call_index: int | None = None
+    complete: bool = False
+    """The arguments are whole (from requires_action): a fragment seen later is not appended."""
 
 
 @dataclass(slots=True)
@@ -153,6 +155,8 @@ class RunState:
     last_seen_at: datetime | None = None
     last_request_id: str | None = None
     pending_call_ids: frozenset[str] = frozenset()
+    counted_call_ids: frozenset[str] = frozenset()
+    """Every call id of a round already counted in `tool_rounds` (each round has fresh ids)."""
     steps: dict[str, StepState] = field(default_factory=dict)
     tool_calls: dict[str, ToolCallState] = field(default_factory=dict)
     messages: dict[str, MessageState] = field(default_factory=dict)
@@ -282,8 +286,11 @@ class RunTracker:
         calls = (action.get("submit_tool_outputs") or {}).get("tool_calls") or []
         changed: list[State] = []
         ids = frozenset(c["id"] for c in calls if isinstance(c, dict) and isinstance(c.get("id"), str))
-        if ids and ids != run.pending_call_ids:
+        if ids and not ids <= run.counted_call_ids:
+            # A stale requires_action snapshot of an earlier round, seen again, is not a new round.
             run.tool_rounds += 1
+            run.counted_call_ids |= ids
+        if ids:
             run.pending_call_ids = ids
         for call in calls:
             if not isinstance(call, dict) or not isinstance(call.get("id"), str):
@@ -293,6 +300,7 @@ class RunTracker:
             function = call.get("function") or {}
             state.name = function.get("name") or state.name
             state.arguments = function.get("arguments", state.arguments)
+            state.complete = True
             state.requested_at = state.requested_at or at
             changed.append(state)
         return changed
@@ -381,7 +389,8 @@ class RunTracker:
                 state = self._tool_call(run, call_id) if run else ToolCallState(call_id, None)
                 state.step_id, state.call_index = step.step_id, index
                 step.calls_by_index[index] = state
-            _merge_call(state, fragment, append=True)
+            if not state.complete:
+                _merge_call(state, fragment, append=True)
             self.dirty[id(state)] = state
 
     def _apply_message(self, obj: dict[str, Any]) -> MessageState:
