@@ -408,6 +408,9 @@ class RunTracker:
         # The created/in_progress snapshots carry empty content: they must not hide the deltas.
         if text:
             message.snapshot_text = text
+            # The raw deltas only stood in for the text until now; held for up to max_tracked_runs
+            # runs they were about half of the tracker's memory (scripts/soak.py).
+            message.delta_data.clear()
         return message
 
     def _message(self, message_id: str, run_id: str | None) -> MessageState:
