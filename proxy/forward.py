@@ -67,6 +67,7 @@ def make_forward_handler(
     max_body = settings.server.max_recorded_body_bytes
     drain_s = settings.timeouts.client_gone_drain_s
     read_s = settings.timeouts.read_s
+    connect_s = settings.timeouts.connect_s
 
     def answer(ex: Exchange, response: web.Response, outcome: Outcome, error: str) -> web.Response:
         """runtap answers itself (413, 502, 504): no tap, the exchange ends here."""
@@ -114,6 +115,8 @@ def make_forward_handler(
                 data=body if body is not None else (request.content if request.body_exists else None),
                 allow_redirects=False,
             )
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: name the timeout that fired
+            return answer(ex, errors.upstream_timeout(connect_s), Outcome.UPSTREAM_ERROR, "upstream connect timeout")
         except TimeoutError:
             return answer(ex, errors.upstream_timeout(read_s), Outcome.UPSTREAM_ERROR, "upstream timeout")
         except (aiohttp.ClientError, OSError) as e:
