@@ -7,7 +7,9 @@ are compared with the exact bytes the fake wrote (`fake.responses[i].body`).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Iterator
 
 import httpx2
 import openai
@@ -87,6 +89,40 @@ async def test_silence_before_headers_is_a_504_after_read_s(start_rig: StartRig,
     assert 0.3 <= elapsed < 2.5  # the timeout fired, not the upstream's late answer
     rec = await rig.finish()
     assert rec.one("select status, outcome, error from requests") == (504, "upstream_error", "upstream timeout")
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A loopback port that never completes a handshake: a listener with a full accept queue, so
+    the kernel drops further SYNs and a connect hangs until the client gives up."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the backlog (its real size is the kernel's rounding of 0)
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        fillers.append(filler)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+
+
+async def test_a_connect_that_hangs_is_a_504_after_connect_s(start_rig: StartRig, blackhole: str):
+    rig = await start_rig(upstream=blackhole, timeouts={"connect_s": 0.3, "read_s": 30})
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as raised:
+        await rig.sdk().beta.threads.create_and_run(assistant_id="asst_abc", stream=True)
+    assert time.monotonic() - started < 5  # connect_s fired, not read_s
+    assert raised.value.status_code == 504
+    assert raised.value.body == {"message": "the upstream sent no response within 0.3 s", "type": "upstream_error",
+                                 "param": None, "code": "upstream_timeout"}
+    rec = await rig.finish()
+    assert rec.one("select status, outcome, error from requests") == (504, "upstream_error",
+                                                                      "upstream connect timeout")
 
 
 # -- the body breaks off ----------------------------------------------------------------------------
