@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def guarantees_section() -> str:
     readme = (ROOT / "README.md").read_text()
     start = readme.index("### Guarantees, and the tests that back them")
-    return readme[start:readme.index("\n## ", start)]
+    return readme[start:readme.index("\n#### Load and soak", start)]
 
 
 def named_tests(path: Path) -> set[str]:

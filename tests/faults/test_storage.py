@@ -22,7 +22,7 @@ from proxy.store import spill
 from proxy.testing.fake_upstream import FakeUpstream
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
-from tests.faults.conftest import assert_no_secret_in_db, assert_no_secret_in_files
+from tests.faults.conftest import assert_no_secret_in_db, assert_no_secret_in_files, assert_no_secret_in_text
 from tests.faults.proc import START_S, Child, connection_refused, file_size
 
 CONFIG = "[server]\nshutdown_grace_s = 10\n\n[recorder]\nbatch_interval_ms = 5\n"
@@ -107,6 +107,7 @@ async def test_a_full_disk_spills_and_the_next_start_replays_everything_once(ser
                    if line.startswith("runtap_recorder_spilled_rows_total"))
     assert spilled > 0
     assert "runtap_recorder_lost_rows_total 0.0" in metrics
+    assert_no_secret_in_text(metrics, "the metrics")
     full.proc.terminate()
     assert await full.wait_exit() == 0, full.output()
     spill_file = Path(f"{db}.spill.jsonl")
