@@ -145,7 +145,7 @@ async def test_sigkill_under_load_with_a_full_disk_then_restart_recovers_all_but
         assert await poll(lambda: len(live()) == n and all(len(r.events) >= 5 for r in live()))
         snapshot = [len(r.events) for r in live()]
         # Wait well past the batch interval (50 ms): everything in the snapshot must be on disk.
-        assert await poll(lambda: all(len(r.events) >= s + 8 for r, s in zip(live(), snapshot, strict=True)))
+        assert await poll(lambda: all(len(r.events) >= s + 12 for r, s in zip(live(), snapshot, strict=True)))
         child.proc.send_signal(signal.SIGKILL)
         results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, ABORTED) for r in results), results
