@@ -175,8 +175,8 @@ async def test_admin_paths_on_the_proxy_port_go_to_the_upstream_never_the_admin_
         assert r.status == 404
         assert r.headers["openai-organization"] == "org-runtapfake"  # the fake's answer, not runtap's
     assert body["error"]["message"].startswith("Invalid URL")
-    [seen] = rig.fake.requests
-    assert seen.path.lstrip("/").endswith(("admin/sql", "admin%2Fsql", "metrics", "healthz")) or "admin" in seen.path
+    [seen] = rig.fake.requests  # the upstream got it, and answered it
+    assert seen.method == "POST" and seen.body == b'{"sql": "select 42"}'
     rec = await rig.finish()
     assert rec.q("select status from requests") == [(404,)]
 
@@ -206,8 +206,7 @@ async def test_a_spoofed_host_changes_nothing_about_where_requests_go(rig: Rig, 
     response = await raw_exchange(rig.port, request, timeout_s=3)
     assert status_of(response) == 404  # the fake's "no such thread"
     [seen] = rig.fake.requests
-    assert seen.headers["Host"] == rig.upstream_url.removeprefix("http://")
-    assert host not in seen.headers.getall("Host") or host == seen.headers["Host"]
+    assert seen.headers.getall("Host") == [rig.upstream_url.removeprefix("http://")]  # one, the upstream's
     assert not any(h.lower().startswith("x-forwarded") for h in seen.headers)
     await rig.finish()
 
