@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from . import redact
 from .admin import make_admin_app, write_token_file
 from .budgets.service import BudgetService
 from .config import Settings, parse_hostport
@@ -78,6 +79,7 @@ def make_app(
     """The proxy application. With `admin_token`, the admin listener is started beside it, and
     with `token_file` the token is written beside the database once the database is ours. With
     `reload` (re-reading the config), SIGHUP reloads the budgets."""
+    redact.install()  # aiohttp's parser errors quote request headers, the key among them
     writer = Writer(
         settings.recorder.db,
         spill_path=settings.spill_path,
@@ -102,15 +104,25 @@ def make_app(
     app[PARTS] = parts
 
     async def recording(app: web.Application) -> AsyncIterator[None]:
-        report = await asyncio.to_thread(writer.start)
-        log.info("recording to %s (%s)", settings.recorder.db, report)
-        with contextlib.closing(writer.cursor()) as cursor:  # list prices + the config's [prices]
-            await asyncio.to_thread(set_prices, cursor, settings.prices.models)
-        with contextlib.closing(writer.cursor()) as cursor:  # budget limits in, the ledger out
-            loaded = await asyncio.to_thread(budgets.start, cursor)
-        log.info("budgets: %d charges loaded from the recording", loaded)
-        if admin_token is not None and token_file:
-            write_token_file(settings, admin_token)
+        starting = asyncio.ensure_future(asyncio.to_thread(writer.start))
+        try:
+            report = await asyncio.shield(starting)
+            log.info("recording to %s (%s)", settings.recorder.db, report)
+            with contextlib.closing(writer.cursor()) as cursor:  # list prices + the config's [prices]
+                await asyncio.to_thread(set_prices, cursor, settings.prices.models)
+            with contextlib.closing(writer.cursor()) as cursor:  # budget limits in, the ledger out
+                loaded = await asyncio.to_thread(budgets.start, cursor)
+            log.info("budgets: %d charges loaded from the recording", loaded)
+            if admin_token is not None and token_file:
+                write_token_file(settings, admin_token)
+        except BaseException:
+            # A SIGTERM while starting (a long spill replay) cancels this step, but the thread goes
+            # on and start() leaves the writer's non-daemon thread running; aiohttp only cleans up
+            # steps that finished starting, so nobody would close it and the process would hang.
+            with contextlib.suppress(BaseException):
+                await starting
+            await asyncio.to_thread(writer.close)
+            raise
         yield
         await asyncio.to_thread(writer.close)
 

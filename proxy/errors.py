@@ -70,3 +70,8 @@ def budget_exceeded(message: str, retry_after_s: int) -> web.Response:
     # x-should-retry: false, or the openai SDK would retry the 429 on its own (protocol.md §5).
     return openai_error(429, message, "budget_exceeded", "budget_exceeded",
                         headers={"retry-after": str(retry_after_s), "x-should-retry": "false"})
+
+
+def invalid_request_target() -> web.Response:
+    return openai_error(400, "runtap forwards origin-form request targets only (a path starting with /)",
+                        "invalid_request_error", "invalid_request_target")

@@ -75,6 +75,7 @@ def make_forward_handler(
     drain_s = settings.timeouts.client_gone_drain_s
     read_s = settings.timeouts.read_s
     pending_taps = TapQueue()
+    connect_s = settings.timeouts.connect_s
 
     def answer(ex: Exchange, response: web.Response, outcome: Outcome, error: str) -> web.Response:
         """runtap answers itself (413, 502, 504): no tap, the exchange ends here."""
@@ -96,6 +97,13 @@ def make_forward_handler(
         # What other exchanges relayed before this request arrived is seen before it (tap.TapQueue).
         pending_taps.drain()
         route: Route = classify(request.method, request.path)
+        if not request.raw_path.startswith("/"):
+            # An absolute-form target (`GET http://host/path`) appended to the upstream URL names
+            # another host, or no valid URL at all (an unhandled 500). No OpenAI client sends one.
+            ex = Exchange(route, request.method, request.path, request.query_string,
+                          key_id_from_headers(request.headers), None)
+            observers.exchange_started(ex)
+            return answer(ex, errors.invalid_request_target(), Outcome.REJECTED, "request target not origin-form")
         body: bytes | None = None
         if route.recorded:
             body = await _read_body(request, max_body)
@@ -123,6 +131,8 @@ def make_forward_handler(
                 data=body if body is not None else (request.content if request.body_exists else None),
                 allow_redirects=False,
             )
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: name the timeout that fired
+            return answer(ex, errors.upstream_timeout(connect_s), Outcome.UPSTREAM_ERROR, "upstream connect timeout")
         except TimeoutError:
             return answer(ex, errors.upstream_timeout(read_s), Outcome.UPSTREAM_ERROR, "upstream timeout")
         except (aiohttp.ClientError, OSError) as e:

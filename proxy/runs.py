@@ -67,6 +67,8 @@ class ToolCallState:
     requested_at: datetime | None = None
     submitted_at: datetime | None = None
     call_index: int | None = None
+    complete: bool = False
+    """The arguments are whole (from requires_action): a fragment seen later is not appended."""
 
 
 @dataclass(slots=True)
@@ -153,6 +155,8 @@ class RunState:
     last_seen_at: datetime | None = None
     last_request_id: str | None = None
     pending_call_ids: frozenset[str] = frozenset()
+    counted_call_ids: frozenset[str] = frozenset()
+    """Every call id of a round already counted in `tool_rounds` (each round has fresh ids)."""
     steps: dict[str, StepState] = field(default_factory=dict)
     tool_calls: dict[str, ToolCallState] = field(default_factory=dict)
     messages: dict[str, MessageState] = field(default_factory=dict)
@@ -250,14 +254,16 @@ class RunTracker:
         run.expires_at = _ts(obj.get("expires_at")) or run.expires_at
         run.max_prompt_tokens = obj.get("max_prompt_tokens") or run.max_prompt_tokens
         run.max_completion_tokens = obj.get("max_completion_tokens") or run.max_completion_tokens
+        status = obj.get("status")
+        if not _moves(RUN_TRANSITIONS, run.status, status):
+            # Stale snapshot: the run already ended. Its usage is stale too (a requires_action poll
+            # answered before the end but seen after it would roll the final count back).
+            return changed
         usage = obj.get("usage")
         if isinstance(usage, dict):
             run.prompt_tokens = usage.get("prompt_tokens", run.prompt_tokens)
             run.completion_tokens = usage.get("completion_tokens", run.completion_tokens)
             run.total_tokens = usage.get("total_tokens", run.total_tokens)
-        status = obj.get("status")
-        if not _moves(RUN_TRANSITIONS, run.status, status):
-            return changed  # stale snapshot: the run already ended
         if status == "requires_action" and run.status != "requires_action":
             changed.extend(self._required_action(run, obj, seen.at))
         run.status = status
@@ -280,8 +286,11 @@ class RunTracker:
         calls = (action.get("submit_tool_outputs") or {}).get("tool_calls") or []
         changed: list[State] = []
         ids = frozenset(c["id"] for c in calls if isinstance(c, dict) and isinstance(c.get("id"), str))
-        if ids and ids != run.pending_call_ids:
+        if ids and not ids <= run.counted_call_ids:
+            # A stale requires_action snapshot of an earlier round, seen again, is not a new round.
             run.tool_rounds += 1
+            run.counted_call_ids |= ids
+        if ids:
             run.pending_call_ids = ids
         for call in calls:
             if not isinstance(call, dict) or not isinstance(call.get("id"), str):
@@ -291,6 +300,7 @@ class RunTracker:
             function = call.get("function") or {}
             state.name = function.get("name") or state.name
             state.arguments = function.get("arguments", state.arguments)
+            state.complete = True
             state.requested_at = state.requested_at or at
             changed.append(state)
         return changed
@@ -364,7 +374,9 @@ class RunTracker:
     def _apply_step_delta(self, obj: dict[str, Any]) -> None:
         step = self._steps.get(obj.get("id"))  # type: ignore[arg-type]  # a str or a miss
         details = ((obj.get("delta") or {}).get("step_details")) or {}
-        if step is None or not isinstance(details.get("tool_calls"), list):
+        if step is None or step.status in STEP_TERMINAL or not isinstance(details.get("tool_calls"), list):
+            # A step that ended has its calls' full snapshot: a late fragment would be appended to
+            # the complete arguments (a steps poll seen before the stream's deltas).
             return
         for fragment in details["tool_calls"]:
             if not isinstance(fragment, dict) or not isinstance(fragment.get("index"), int):
@@ -377,7 +389,8 @@ class RunTracker:
                 state = self._tool_call(run, call_id) if run else ToolCallState(call_id, None)
                 state.step_id, state.call_index = step.step_id, index
                 step.calls_by_index[index] = state
-            _merge_call(state, fragment, append=True)
+            if not state.complete:
+                _merge_call(state, fragment, append=True)
             self.dirty[id(state)] = state
 
     def _apply_message(self, obj: dict[str, Any]) -> MessageState:
@@ -395,9 +408,8 @@ class RunTracker:
         # The created/in_progress snapshots carry empty content: they must not hide the deltas.
         if text:
             message.snapshot_text = text
-        if message.delta_data and (text or message.status in ("completed", "incomplete")):
-            # The snapshot supersedes the deltas: drop them, or every tracked run would keep its
-            # whole answer twice (about 13 KB for a 60-event stream) until it is evicted.
+            # The raw deltas only stood in for the text until now; held for up to max_tracked_runs
+            # runs they were about half of the tracker's memory (scripts/soak.py).
             message.delta_data = []
         return message
 

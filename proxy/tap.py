@@ -237,7 +237,7 @@ class DeferredTap:
     chunk had been parsed at once; observers see a live stream at most `delay` late.
     """
 
-    __slots__ = ("_chunks", "_delay", "_loop", "_queue", "_timer", "tap")
+    __slots__ = ("_chunks", "_delay", "_loop", "_queue", "_start", "_timer", "tap")
 
     def __init__(self, tap: Tap, loop: asyncio.AbstractEventLoop, delay: float, queue: TapQueue | None = None) -> None:
         self.tap = tap
@@ -246,9 +246,14 @@ class DeferredTap:
         self._queue = queue if queue is not None else TapQueue()
         self._chunks: list[tuple[bytes, float]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._start: tuple[str | None, str | None] | None = None
 
     def response_started(self, content_type: str | None, content_encoding: str | None) -> None:
-        self._loop.call_soon(self.tap.response_started, content_type, content_encoding)
+        # Pending work like a chunk: whoever drains this tap first (the callback below, another
+        # exchange through the queue, the end) starts it before feeding it anything.
+        self._start = (content_type, content_encoding)
+        self._queue.add(self)
+        self._loop.call_soon(self.drain)
 
     def feed(self, chunk: bytes) -> None:
         self._chunks.append((chunk, time.time()))
@@ -265,6 +270,9 @@ class DeferredTap:
             self._timer.cancel()
             self._timer = None
         self._queue.discard(self)
+        if self._start is not None:
+            start, self._start = self._start, None
+            self.tap.response_started(*start)
         chunks, self._chunks = self._chunks, []
         feed = self.tap.feed
         for chunk, received in chunks:

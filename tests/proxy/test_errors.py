@@ -12,6 +12,7 @@ def test_every_runtap_error_has_the_openai_shape():
         (errors.upstream_unreachable("ClientConnectorError"), 502, "upstream_error", "upstream_unreachable"),
         (errors.upstream_timeout(30), 504, "upstream_error", "upstream_timeout"),
         (errors.request_too_large(1024), 413, "invalid_request_error", "request_too_large"),
+        (errors.invalid_request_target(), 400, "invalid_request_error", "invalid_request_target"),
         (errors.openai_error(429, "over", "budget_exceeded", "budget_exceeded"), 429, "budget_exceeded",
          "budget_exceeded"),
     ]

@@ -140,6 +140,7 @@ async def test_deferred_tap_parses_after_the_stream_and_keeps_arrival_times_and_
     tap, capture = _tap()
     deferred = DeferredTap(tap, asyncio.get_running_loop(), delay=10)
     deferred.response_started("text/event-stream", None)
+    await asyncio.sleep(0)  # the start is handled at once
     before = time.time()
     third = len(STREAM) // 3
     for i in range(0, len(STREAM), third):
@@ -177,6 +178,7 @@ async def test_a_new_exchange_sees_what_other_exchanges_relayed_before_it():
     poll, _ = _tap("/v1/threads/thread_1/runs/run_1", "GET", None, capture=seen)  # one capture: one order
     stream = DeferredTap(create, loop, delay=10, queue=queue)
     stream.response_started("text/event-stream", None)
+    await asyncio.sleep(0)
     stream.feed(STREAM[:STREAM.index(b"event: thread.run.completed")])
     await asyncio.sleep(0)
     assert seen.events == [] and len(queue) == 1
@@ -194,3 +196,16 @@ async def test_a_new_exchange_sees_what_other_exchanges_relayed_before_it():
         ("run_event", "thread.run.completed"), ("run_event", "done"), ("run_event", None),
         ("exchange_finished", Outcome.COMPLETED)]
     assert seen.events[-1].obj["status"] == "completed" and len(queue) == 0
+
+
+async def test_chunks_drained_by_another_exchange_before_the_start_callback_ran_are_not_lost():
+    # The relay notes the start, then its first chunks, in one loop turn; another exchange may
+    # drain the queue before the start's own callback runs: the start must still come first.
+    queue = TapQueue()
+    tap, capture = _tap()
+    deferred = DeferredTap(tap, asyncio.get_running_loop(), delay=10, queue=queue)
+    deferred.response_started("text/event-stream", None)
+    deferred.feed(STREAM)
+    queue.drain()
+    assert [e.name for e in capture.events] == ["thread.created", "thread.run.created", "thread.run.completed", "done"]
+    assert capture.calls[0] == ("response_started", 200)
