@@ -84,6 +84,8 @@ def make_admin_app(parts: Parts, token: str) -> web.Application:
 
     async def readyz(request: web.Request) -> web.Response:
         writer = parts.writer
+        if not getattr(parts, "started", True):  # a stub Parts in tests has no start-up
+            return web.json_response({"status": "not ready", "reason": "starting"}, status=503)
         if not writer.healthy:
             return web.json_response({"status": "not ready", "reason": writer.last_error}, status=503)
         return web.json_response({"status": "ready"})

@@ -46,6 +46,8 @@ class Parts:
     registry: CollectorRegistry | None = None
     tracing: Tracing | None = None
     budgets: BudgetService | None = None
+    started: bool = False
+    """Start-up is over: recording, prices, budgets and the admin token file are in place."""
 
     async def flush(self, exchanges_timeout_s: float = 30.0) -> None:
         """Until everything seen so far is in the database: exchanges in flight end (bounded),
@@ -115,6 +117,7 @@ def make_app(
             log.info("budgets: %d charges loaded from the recording", loaded)
             if admin_token is not None and token_file:
                 write_token_file(settings, admin_token)
+            parts.started = True
         except BaseException:
             # A SIGTERM while starting (a long spill replay) cancels this step, but the thread goes
             # on and start() leaves the writer's non-daemon thread running; aiohttp only cleans up

@@ -55,6 +55,7 @@ class Tap:
         self._body_len = 0
         self._inflate: Any = None
         self._seq = 0
+        self._last_received: float | None = None
         self.done_seen = False
         self.body_overflow = False
 
@@ -107,6 +108,7 @@ class Tap:
     def feed(self, chunk: bytes, received: float | None = None) -> None:
         """One raw chunk, as it went to the client (`received`: its epoch time). Never raises."""
         try:
+            self._last_received = received
             if self._inflate is not None:
                 chunk = self._inflate.decompress(chunk)
             if self._sse is not None:
@@ -131,8 +133,12 @@ class Tap:
                     self._inflate = None
                     self.feed(tail)
             if self._sse is not None:
+                # A frame the stream's end flushed arrived with the last chunk, not now (the tap may
+                # run well after the relay, tap.DeferredTap).
+                last = self._last_received
+                at = utcnow() if last is None else datetime.fromtimestamp(last, UTC)
                 for event in self._sse.close():
-                    self._on_sse(event, utcnow())
+                    self._on_sse(event, at)
             elif self._body is not None:
                 self._on_body(b"".join(self._body))
         except Exception:

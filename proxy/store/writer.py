@@ -141,12 +141,16 @@ class Writer:
             migrate(self._write_con)
             self._specs = table_specs(self._write_con)
             report = spill.replay(self.spill_path, self._replay_batch, tables=self._specs)
+            orphans = close_orphaned_exchanges(self._write_con)
         except Exception as exc:  # duckdb, the file system, or a migration's own error
             self._con.close()
             self._con = self._write_con = None
             raise StoreError(f"cannot prepare {self.db_path}: {exc}") from exc
         if report.errors:
             self.last_error = report.errors[0]
+        if orphans:
+            log.warning("%d exchanges of an earlier process never ended (it was killed): recorded as truncated",
+                        orphans)
         self._thread = threading.Thread(target=self._run, name="runtap-writer", daemon=False)
         self._thread.start()
         return report
@@ -340,6 +344,17 @@ class Writer:
         if rows:
             log.warning("%d rows arrived after the writer stopped; spilled for the next start", len(rows))
             self._spill(rows)
+
+
+ORPHANED = "the proxy stopped before the exchange ended (killed, or it crashed)"
+
+
+def close_orphaned_exchanges(con: duckdb.DuckDBPyConnection) -> int:
+    """Requests rows that never got an outcome, at start: their process died mid-exchange (nothing
+    is in flight yet, and the spill was replayed first). Say so, rather than leave them open forever."""
+    sql = "update requests set outcome = 'truncated', error = ? where outcome is null"
+    row = con.execute(sql, [ORPHANED]).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:

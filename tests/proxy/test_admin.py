@@ -158,3 +158,15 @@ async def test_readyz_follows_the_writer_live(aiohttp_client):
     writer.healthy = True
     r = await client.get("/readyz")
     assert (r.status, await r.json()) == (200, {"status": "ready"})
+
+
+async def test_readyz_waits_for_the_end_of_start_up(aiohttp_client):
+    # The token file is written at the end of start-up: a read command that waits for /readyz must
+    # find the new token, not the previous process's.
+    parts = SimpleNamespace(writer=StubWriter(healthy=True, last_error=None), started=False)
+    client = await aiohttp_client(make_admin_app(parts, TOKEN))  # type: ignore[arg-type]
+    r = await client.get("/readyz")
+    assert (r.status, await r.json()) == (503, {"status": "not ready", "reason": "starting"})
+    parts.started = True
+    r = await client.get("/readyz")
+    assert (r.status, await r.json()) == (200, {"status": "ready"})

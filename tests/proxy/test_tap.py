@@ -209,3 +209,13 @@ async def test_chunks_drained_by_another_exchange_before_the_start_callback_ran_
     queue.drain()
     assert [e.name for e in capture.events] == ["thread.created", "thread.run.created", "thread.run.completed", "done"]
     assert capture.calls[0] == ("response_started", 200)
+
+
+def test_a_frame_flushed_at_the_end_keeps_the_arrival_time_of_its_bytes():
+    tap, capture = _tap()
+    tap.response_started("text/event-stream", None)
+    arrived = 1_790_000_000.25
+    tap.feed(STREAM[:-2], arrived)  # the last frame lacks its blank line: only close() flushes it
+    tap.close()
+    last = capture.events[-1]
+    assert (last.name, last.received_at.timestamp()) == ("done", arrived)

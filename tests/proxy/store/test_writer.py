@@ -395,3 +395,18 @@ def test_a_batch_larger_than_one_encoding_slice_is_stored_exactly(con: duckdb.Du
     write_batch(con, TABLES, [("events", row) for row in rows])
     stored = con.execute("select seq, data, received_at, raw from events order by seq").fetchall()
     assert stored == [(r["seq"], r["data"], r["received_at"], r.get("raw")) for r in rows]
+
+
+def test_start_closes_the_exchanges_a_killed_process_left_open(db_path: Path) -> None:
+    con = duckdb.connect(str(db_path))
+    migrate(con)
+    write_batch(con, TABLES, [("requests", {"request_id": "rq_killed", "path": "/v1/threads/runs"}),
+                              ("requests", {"request_id": "rq_done", "outcome": "completed"})])
+    con.close()
+    w = Writer(db_path)
+    w.start()
+    try:
+        assert query(w, "select request_id, outcome, error from requests order by request_id") == [
+            ("rq_done", "completed", None), ("rq_killed", "truncated", writer_module.ORPHANED)]
+    finally:
+        w.close()
