@@ -58,9 +58,11 @@ class BudgetObserver(Observer):
         budgets = self._budgets
         budgets.credentials.pop(ex.request_id, None)
         answered_error = ex.outcome is Outcome.COMPLETED and ex.status is not None and ex.status >= 400
+        unreachable = ex.outcome is Outcome.UPSTREAM_ERROR and ex.status == 502
         top_up = budgets.top_ups.pop(ex.request_id, None)
-        if top_up is not None and answered_error:
-            # The upstream refused the continuation: the run did not go on, so the top-up is not owed.
+        if top_up is not None and (answered_error or unreachable):
+            # The upstream refused the continuation (or never got it): the run did not go on, so the
+            # top-up is not owed.
             budgets.ledger.take_back(top_up.charge, top_up.tokens, top_up.usd, top_up.state)
         charge = budgets.pending.pop(ex.request_id, None)
         if charge is None or not charge.open:
@@ -71,7 +73,6 @@ class BudgetObserver(Observer):
         # No run came of it. When the upstream answered with an error (or could not be reached at
         # all) no run exists, so nothing is owed; otherwise (a timeout, a stream cut before the run
         # object) a run may exist unseen, and the reservation stands until settle_unseen_after_s.
-        unreachable = ex.outcome is Outcome.UPSTREAM_ERROR and ex.status == 502
         if answered_error or unreachable:
             budgets.ledger.release(charge)
 
