@@ -2,9 +2,10 @@
 
 app.py asks this module for four things: `admit` for the forward handler, `observer` for the
 observers, `alias` for metric labels, and cleanup contexts for start-up (load the ledger), the
-ticker and SIGHUP. Reloading swaps the `[budgets]` (and `[prices]`) settings in one step on the
-event loop: requests in flight keep their reservations, the next admission sees the new limits,
-and no connection is touched. Other sections need a restart (logged when they changed).
+ticker, SIGHUP and shutdown (budget cancels still in flight). Reloading swaps the `[budgets]` (and
+`[prices]`) settings in one step on the event loop: requests in flight keep their reservations,
+the next admission sees the new limits, and no connection is touched. Other sections need a
+restart (logged when they changed).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from .store import load_charges, set_limits
 
 log = logging.getLogger("runtap.budgets")
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+FLUSH_TIMEOUT_S = 10.0
+"""How long a SIGHUP waits for the writer before reading a newly budgeted key's history."""
 
 
 class BudgetService:
@@ -74,8 +77,12 @@ class BudgetService:
         self.ledger.hold(new)  # charges of these keys that settle while the database is read
         try:
             flush = getattr(self._sink, "flush", None)
-            if flush is not None:
-                await flush()  # the database catches up with the ledger first
+            if flush is not None:  # the database catches up with the ledger first
+                try:
+                    await asyncio.wait_for(flush(), FLUSH_TIMEOUT_S)
+                except TimeoutError:  # a stuck writer must not stall reloads: read what is there
+                    log.warning("SIGHUP: the recording did not catch up in %g s; reading it as it is",
+                                FLUSH_TIMEOUT_S)
             with contextlib.closing(cursor()) as con:
                 rows = await asyncio.to_thread(load_charges, con, new, open_ones=False)
         except BaseException:
@@ -121,7 +128,7 @@ class BudgetService:
                     return
                 try:
                     await self.reconfigure(settings, cursor)
-                except (RuntapError, duckdb.Error) as exc:
+                except Exception as exc:  # a task nobody awaits: anything escaping it would be lost
                     log.error("SIGHUP: the history of newly budgeted keys could not be read; budgets not "
                               "reloaded: %s", exc)
                     return
