@@ -9,9 +9,11 @@ Estimates (README, "Budgets"): `max_prompt_tokens + max_completion_tokens` when 
 both; otherwise `default_reservation_tokens` plus whichever one it sets. A `submit_tool_outputs`
 continuation belongs to a run that already holds a reservation (max_*_tokens bound the whole run,
 protocol.md §2.6): it rides on it while the run's usage so far is below what it reserved, and
-otherwise tops the reservation up by another default estimate (checked like a new run). A
-continuation of a run runtap holds no charge for (created before a restart that lost it, or
-before this key had a budget) reserves as a new run, linked to the run at once.
+otherwise tops the reservation up by another default estimate (checked like a new run; taken
+back if the upstream refuses the continuation). A continuation of a run runtap holds no charge for
+takes over the key's oldest charge never linked to a run (a restart lost the link), else (the run
+was created before this key had a budget, or its create is still being parsed) reserves as a new
+run, linked to the run at once; `Ledger.link` folds that charge into the create's if both turn up.
 """
 
 from __future__ import annotations
