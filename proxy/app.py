@@ -167,6 +167,8 @@ def make_app(
     # Tracing first, so it is torn down last: after in-flight exchanges ended their spans.
     # The admin listener binds before the writer starts: a port in use must fail before any
     # thread runs (aiohttp does not clean up earlier startup steps when a later one fails).
+    # budgets.cleanup() before upstream_session: its teardown (awaiting budget cancels) runs after
+    # the exchanges in flight ended and the session closed, so no cancel can start after it.
     app.cleanup_ctx.extend([tracing_cleanup(tracing), admin_listener, recording, budgets.ticker(),
-                            budgets.sighup(reload, writer.cursor), upstream_session])
+                            budgets.sighup(reload, writer.cursor), budgets.cleanup(), upstream_session])
     return app

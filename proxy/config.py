@@ -108,7 +108,8 @@ class RecorderSettings(_Section):
 class TelemetrySettings(_Section):
     metrics: bool = Field(
         True, description="Count requests, runs, steps, tool calls, tokens and latencies for GET /metrics. false "
-        "leaves only the recorder's own health there (what `make bench` compares observability against).",
+        "leaves only the recorder's own health and the budgets' metrics there (what `make bench` compares "
+        "observability against).",
     )
     otlp_endpoint: str = Field(
         "", description="OTLP/HTTP base URL for traces (spans go to <url>/v1/traces). Empty: the standard "

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 
 from . import semconv as sc
-from .exchange import Exchange, Outcome, RunEvent
+from .exchange import Exchange, RunEvent
 from .observers import Observer
 from .runs import STEP_TERMINAL, RunState, RunTracker, StepState, ToolCallState
 from .tap import Tap
@@ -165,8 +165,6 @@ class MetricsObserver(Observer):
             sc.OPERATION_DURATION_METRIC, "Duration of runs (invoke_agent, creation to terminal status) and of "
             "run steps (chat).", ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
                                   "error_type"], registry=r, buckets=sc.DURATION_BUCKETS)
-        self.budget_rejections = Counter("runtap_budget_rejections", "Requests refused with 429 budget_exceeded.",
-                                         ["key_alias"], registry=r)
         self.observer_errors = Counter("runtap_observer_errors", "Observer hooks that raised (the stream went on).",
                                        ["observer", "hook"], registry=r)
 
@@ -220,8 +218,6 @@ class MetricsObserver(Observer):
         outcome = ex.outcome
         if outcome is not None:
             self._child(self.outcomes, outcome.value).inc()
-            if outcome is Outcome.REJECTED and ex.status == 429:
-                self._child(self.budget_rejections, self._key_alias(ex.key_id)).inc()
 
     # -- what the hooks count ------------------------------------------------------------------
     def _model(self, ex: Exchange) -> str:

@@ -9,9 +9,11 @@ Estimates (README, "Budgets"): `max_prompt_tokens + max_completion_tokens` when 
 both; otherwise `default_reservation_tokens` plus whichever one it sets. A `submit_tool_outputs`
 continuation belongs to a run that already holds a reservation (max_*_tokens bound the whole run,
 protocol.md §2.6): it rides on it while the run's usage so far is below what it reserved, and
-otherwise tops the reservation up by another default estimate (checked like a new run). A
-continuation of a run runtap holds no charge for (created before a restart that lost it, or
-before this key had a budget) reserves as a new run, linked to the run at once.
+otherwise tops the reservation up by another default estimate (checked like a new run; taken
+back if the upstream refuses the continuation). A continuation of a run runtap holds no charge for
+takes over the key's oldest charge never linked to a run (a restart lost the link), else (the run
+was created before this key had a budget, or its create is still being parsed) reserves as a new
+run, linked to the run at once; `Ledger.link` folds that charge into the create's if both turn up.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from aiohttp import web
 from .. import errors
 from ..exchange import Exchange
 from ..routes import RouteKind
-from ..runs import RunTracker
+from ..runs import RunState, RunTracker
 from .ledger import SETTLED, Charge, Ledger
 from .settings import LIMITS, MIN_COMPLETION_TOKENS, OTHER, WINDOWS, BudgetLimits, BudgetsSettings
 
@@ -93,6 +95,24 @@ def prices_from(rows: list[dict[str, object]]) -> Prices:
                    for r in rows})
 
 
+def usage_of(run: RunState) -> int:
+    """The run's usage so far: its snapshot, or the sum of its finished steps if that is more (a
+    run's own usage is null until it ends, protocol.md, so only the steps show a run in progress)."""
+    steps = sum(s.total_tokens or 0 for s in run.steps.values())
+    return max(run.total_tokens or 0, steps)
+
+
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    """A continuation's top-up, held until its exchange ends: undone if the upstream refuses it."""
+
+    charge: Charge
+    tokens: int
+    usd: float
+    state: str
+    """The charge's state before it (a top-up reopens an expired charge)."""
+
+
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
@@ -132,6 +152,10 @@ class Budgets:
         """Admissions that raised (and were let through)."""
         self.credentials: dict[str, Credentials] = {}
         """By request_id, only for exchanges whose budget has cancel_on_exhaustion; dropped at their end."""
+        self.top_ups: dict[str, TopUp] = {}
+        """By request_id, the top-ups of continuations still running."""
+        self.rejections: dict[str, int] = {}
+        """429 refusals by key alias (runtap_budget_rejections_total; here so that it needs no metrics observer)."""
         self.configure(settings, prices)
 
     def configure(self, settings: BudgetsSettings, prices: Prices | None = None) -> None:
@@ -140,6 +164,11 @@ class Budgets:
         self.by_key: dict[str, tuple[BudgetLimits, str]] = {k.key_id: (k, k.alias) for k in settings.keys}
         if prices is not None:
             self.prices = prices
+        self.ledger.tracked = self.tracks
+
+    def tracks(self, key_id: str) -> bool:
+        """Whether the ledger keeps this key's windows: it has a budget, now or (default) whenever it shows up."""
+        return key_id in self.by_key or self.settings.unknown_keys == "default"
 
     # -- who pays ------------------------------------------------------------------------------
     def alias(self, key_id: str | None) -> str:
@@ -160,11 +189,15 @@ class Budgets:
         A bug here must not take traffic down with it: it is logged and counted, and the request
         goes through (fails open), like an observer's failure costs a record, never the stream."""
         try:
-            return self._admit(ex, headers)
+            refusal = self._admit(ex, headers)
         except Exception:
             self.errors += 1
             log.exception("budget admission failed for %s; forwarding it unchecked", ex.request_id)
             return None
+        if refusal is not None:
+            alias = self.alias(ex.key_id)
+            self.rejections[alias] = self.rejections.get(alias, 0) + 1
+        return refusal
 
     def _admit(self, ex: Exchange, headers: Mapping[str, str]) -> web.Response | None:
         if not ex.route.creates_run or ex.key_id is None:
@@ -200,9 +233,11 @@ class Budgets:
                       headers: Mapping[str, str]) -> web.Response | None:
         run_id = ex.route.run_id
         assert run_id is not None  # the route template has it
-        charge = self.ledger.by_run.get(run_id)
         run = self.tracker.runs.get(run_id)
-        used = (run.total_tokens or 0) if run is not None else 0
+        charge = self.ledger.by_run.get(run_id)
+        if charge is None and (run is None or not run.terminal):
+            charge = self._orphan(key_id, run_id)
+        used = usage_of(run) if run is not None else 0
         if charge is not None and (charge.state == SETTLED or (charge.open and used < charge.reserved_tokens)):
             # The run's reservation still covers it; or the run has ended and was charged its final
             # usage, so the upstream will refuse this continuation and nothing more can be owed.
@@ -220,12 +255,28 @@ class Budgets:
                 return refusal(short, now)
         if charge is None:
             # Pending like a create's: released at the exchange's end if the upstream knows no such run.
+            # Should the create's charge be linked to this run later after all, link() folds the two.
             self.pending[ex.request_id] = self.ledger.reserve(
                 ex.request_id, key_id, need, usd, settle_in_s=self.settings.settle_unseen_after_s, run_id=run_id,
                 model=model, alias=alias, now=now)
         else:
+            self.top_ups[ex.request_id] = TopUp(charge, need, usd, charge.state)
             self.ledger.top_up(charge, need, usd, settle_in_s=self.settings.settle_unseen_after_s)
         self._hold_credentials(ex, budget, headers)
+        return None
+
+    def _orphan(self, key_id: str, run_id: str) -> Charge | None:
+        """The key's oldest open charge that no run and no running exchange claims, linked to `run_id`.
+
+        Such a charge was reserved for a run that was never linked: its exchange ended (or the proxy
+        restarted) before the run object was seen. A continuation of an unknown run of the same key
+        is most likely that run; taking it over charges the run once instead of leaving the orphan to
+        expire at its full reservation beside a new one. Rare (a cut stream, a SIGKILL), and O(open)."""
+        for charge in self.ledger.open.values():
+            if charge.key_id == key_id and charge.run_id is None and charge.charge_id not in self.pending:
+                log.info("continuation of run %s: taking over charge %s, never linked to a run", run_id,
+                         charge.charge_id)
+                return self.ledger.link(charge, run_id)
         return None
 
     def shortfall(self, key_id: str, budget: BudgetLimits, alias: str, need: int, usd: float,
@@ -248,25 +299,41 @@ class Budgets:
 
     def _clamp(self, key_id: str, budget: BudgetLimits, alias: str, body: dict[str, Any] | None,
                model: str | None, now: float) -> tuple[int, float, bytes] | None:
-        """Lower max_completion_tokens to what the token limits can still pay; None if under 256."""
+        """Lower (or set) max_completion_tokens to what the token limits can still pay; None if under 256.
+
+        The reservation after a clamp is the estimate of the clamped body, like any other: with
+        max_prompt_tokens set, it plus max_completion_tokens; with only max_completion_tokens, the
+        default plus it. A request that sets neither was estimated at the default for the whole
+        run, and setting max_completion_tokens alone could then never fit where the default did
+        not; so both are set, splitting what is left a quarter to completions (at least 256)."""
         if body is None:
             return None
-        prompt = _int(body.get("max_prompt_tokens")) or self.settings.default_reservation_tokens
         room = min((limit - self.ledger.window(key_id, LIMITS[name][0], now).tokens
                     for name, limit in budget.limits().items() if LIMITS[name][1] == "tokens"), default=None)
         if room is None:
             return None
-        completion = int(room) - prompt
+        room = int(room)
+        prompt = _int(body.get("max_prompt_tokens"))
         asked = _int(body.get("max_completion_tokens"))
-        if asked is not None:
-            completion = min(completion, asked)
+        changes: dict[str, int] = {}
+        if prompt is None and asked is None:
+            completion = max(MIN_COMPLETION_TOKENS, room // 4)
+            prompt = room - completion
+            if prompt < MIN_COMPLETION_TOKENS:  # the API's minimum is the same for both
+                return None
+            changes["max_prompt_tokens"] = prompt
+        else:
+            completion = room - (prompt or self.settings.default_reservation_tokens)
+            if asked is not None:
+                completion = min(completion, asked)
         if completion < MIN_COMPLETION_TOKENS:
             return None
-        need = prompt + completion
+        changes["max_completion_tokens"] = completion
+        need = estimate({**body, **changes}, self.settings.default_reservation_tokens)
         usd = self.prices.reservation(need, model)
         if self.shortfall(key_id, budget, alias, need, usd, now) is not None:
             return None  # a USD limit still refuses it
-        return need, usd, orjson.dumps({**body, "max_completion_tokens": completion})
+        return need, usd, orjson.dumps({**body, **changes})
 
     def _hold_credentials(self, ex: Exchange, budget: BudgetLimits | None, headers: Mapping[str, str]) -> None:
         if budget is None or not budget.cancel_on_exhaustion:

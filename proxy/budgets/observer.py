@@ -24,7 +24,7 @@ import aiohttp
 from ..exchange import Exchange, Outcome, RunEvent
 from ..observers import Observer
 from ..runs import STEP_TERMINAL, RunState, StepState
-from .gate import Budgets, Credentials
+from .gate import Budgets, Credentials, usage_of
 from .settings import LIMITS
 
 log = logging.getLogger("runtap.budgets")
@@ -35,10 +35,7 @@ brings the real final usage first."""
 Cancel = Callable[[Credentials, str, str], Coroutine[Any, Any, int | None]]
 
 
-def usage_of(run: RunState) -> int:
-    """The run's usage so far: its snapshot, or the sum of its finished steps if that is more."""
-    steps = sum(s.total_tokens or 0 for s in run.steps.values())
-    return max(run.total_tokens or 0, steps)
+__all__ = ["EXPIRY_GRACE_S", "BudgetObserver", "upstream_canceller", "usage_of"]
 
 
 class BudgetObserver(Observer):
@@ -60,6 +57,13 @@ class BudgetObserver(Observer):
     def exchange_finished(self, ex: Exchange) -> None:
         budgets = self._budgets
         budgets.credentials.pop(ex.request_id, None)
+        answered_error = ex.outcome is Outcome.COMPLETED and ex.status is not None and ex.status >= 400
+        unreachable = ex.outcome is Outcome.UPSTREAM_ERROR and ex.status == 502
+        top_up = budgets.top_ups.pop(ex.request_id, None)
+        if top_up is not None and (answered_error or unreachable):
+            # The upstream refused the continuation (or never got it): the run did not go on, so the
+            # top-up is not owed.
+            budgets.ledger.take_back(top_up.charge, top_up.tokens, top_up.usd, top_up.state)
         charge = budgets.pending.pop(ex.request_id, None)
         if charge is None or not charge.open:
             return
@@ -69,8 +73,6 @@ class BudgetObserver(Observer):
         # No run came of it. When the upstream answered with an error (or could not be reached at
         # all) no run exists, so nothing is owed; otherwise (a timeout, a stream cut before the run
         # object) a run may exist unseen, and the reservation stands until settle_unseen_after_s.
-        answered_error = ex.outcome is Outcome.COMPLETED and ex.status is not None and ex.status >= 400
-        unreachable = ex.outcome is Outcome.UPSTREAM_ERROR and ex.status == 502
         if answered_error or unreachable:
             budgets.ledger.release(charge)
 
@@ -80,7 +82,8 @@ class BudgetObserver(Observer):
         ledger = budgets.ledger
         charge = budgets.pending.get(ex.request_id)
         if charge is not None and charge.run_id is None:
-            ledger.link(charge, run.run_id, run.model)
+            # Folds a continuation's charge reserved before this link, if any: one run, one charge.
+            ledger.link(charge, run.run_id, run.model, used=usage_of(run))
         charge = ledger.by_run.get(run.run_id)
         if charge is None:
             return
@@ -122,6 +125,14 @@ class BudgetObserver(Observer):
                     task.add_done_callback(self._tasks.discard)
                 return
 
+    async def close(self) -> None:
+        """At shutdown: cancels still in flight are abandoned (the session is closing), and awaited."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
 
 def upstream_canceller(session: Callable[[], aiohttp.ClientSession | None], upstream: str) -> Cancel:
     """POST .../runs/{run_id}/cancel upstream as the caller; the status, or None if it failed."""
@@ -140,7 +151,9 @@ def upstream_canceller(session: Callable[[], aiohttp.ClientSession | None], upst
                 if response.status >= 400:
                     log.warning("cancelling run %s for its budget: upstream answered %d", run_id, response.status)
                 return response.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as exc:
+            # RuntimeError: the session was closed under it (shutdown); nothing may escape the task,
+            # whose result nobody reads ("Task exception was never retrieved").
             log.warning("cancelling run %s for its budget failed: %s", run_id, type(exc).__name__)
             return None
 

@@ -88,7 +88,12 @@ class BudgetCollector:
         for alias, value in sorted(self.snapshot.items()):
             family.add_metric([alias], value)
         yield family
-        if self._budgets is not None:  # an int read: safe from the scrape's thread
+        if self._budgets is not None:  # an int read, a dict copied in C: safe from the scrape's thread
+            rejections = CounterMetricFamily("runtap_budget_rejections", "Requests refused with 429 "
+                                             "budget_exceeded.", labels=["key_alias"])
+            for alias, count in sorted(self._budgets.rejections.copy().items()):
+                rejections.add_metric([alias], count)
+            yield rejections
             yield CounterMetricFamily("runtap_budget_admission_errors", "Budget admissions that raised; the "
                                       "request was forwarded unchecked (see the log).", value=self._budgets.errors)
 

@@ -17,7 +17,8 @@ ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 OTHER = "other"
 """The alias of every key without an entry of its own (metric label, report name)."""
 MIN_COMPLETION_TOKENS = 256
-"""The API's minimum for max_completion_tokens (protocol.md §2.1): clamp never goes below it."""
+"""The API's minimum for max_prompt_tokens and max_completion_tokens (protocol.md §2.1): clamp never
+goes below it."""
 
 # Limit name → (window seconds, unit). The names are the config fields and the report's `budget`.
 WINDOWS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400, "30d": 30 * 86400}
@@ -47,7 +48,9 @@ class BudgetLimits(_Section):
     usd_per_30d: float = Field(0.0, ge=0, description="USD per rolling 30 days, at the [prices] table; 0: no limit.")
     clamp: bool = Field(
         False, description="When a run's reservation does not fit, lower (or set) max_completion_tokens in the "
-        "request body to what the budget can still pay, if that is at least 256; the only body change runtap makes.",
+        "request body to what the budget can still pay, if that is at least 256; a request that sets neither "
+        "max_*_tokens gets both (a quarter of what is left to completions, at least 256 each). The only body "
+        "change runtap makes.",
     )
     cancel_on_exhaustion: bool = Field(
         False, description="Cancel a run upstream (POST .../cancel with the caller's own credentials, held in "

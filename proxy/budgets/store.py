@@ -8,6 +8,7 @@ never touches that table), so `runtap budgets` on a stopped proxy's file knows w
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import duckdb
@@ -48,10 +49,18 @@ def set_limits(con: duckdb.DuckDBPyConnection, settings: BudgetsSettings) -> Non
         raise
 
 
-def load_charges(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Charges a restart must know: those inside the longest window, and every open reservation."""
-    cursor = con.execute(
-        "select * from budget_charges where state = 'reserved' or reserved_at > now() - to_seconds(?)"
-        " order by reserved_at, charge_id", [LONGEST_WINDOW_S])
+def load_charges(con: duckdb.DuckDBPyConnection, keys: Collection[str] | None = None, *,
+                 open_ones: bool = True) -> list[dict[str, Any]]:
+    """Charges a restart must know: every open reservation (unless not `open_ones`), and those inside
+    the longest window of `keys` (None: of every key). Keys without a budget need no history in
+    memory: loading 30 days of everybody's runs would cost memory and start-up time for nothing."""
+    where = "reserved_at > now() - to_seconds(?)"
+    params: list[Any] = [LONGEST_WINDOW_S]
+    if keys is not None:
+        where += " and list_contains(?::varchar[], key_id)"
+        params.append(sorted(keys))
+    if open_ones:  # and rows whose reserve row was lost: Ledger.load dates them, or skips them, logged
+        where = f"state = 'reserved' or reserved_at is null or ({where})"
+    cursor = con.execute(f"select * from budget_charges where {where} order by reserved_at, charge_id", params)
     columns = [d[0] for d in cursor.description or ()]
     return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]

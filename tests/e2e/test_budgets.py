@@ -10,6 +10,7 @@ import asyncio
 import json
 from typing import Any
 
+import duckdb
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -195,6 +196,41 @@ async def test_a_restart_with_reservations_in_flight_forgets_nothing_and_charges
     with parts.writer.cursor() as cur:
         charges = cur.execute("select run_id, state, spent_tokens from budget_charges order by spent_tokens").fetchall()
     assert charges == [(done.id, "settled", 120), (paused.id, "settled", 227)]
+
+
+async def test_a_restart_that_lost_a_charges_link_to_its_run_still_charges_the_run_once(aiohttp_server, fake,
+                                                                                          settings):
+    first = await aiohttp_server(make_app(settings))
+    fake.enqueue(Script.tool_then_text(tool_prompt_tokens=80, tool_completion_tokens=18, prompt_tokens=120,
+                                       completion_tokens=9))
+    async with AsyncOpenAI(base_url=str(first.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as client, \
+            client.beta.threads.create_and_run_stream(
+                assistant_id="asst_abc", thread={"messages": [{"role": "user", "content": "Weather?"}]},
+                max_prompt_tokens=256, max_completion_tokens=256) as stream:
+        await stream.until_done()
+        paused = stream.current_run
+    await first.close()
+    # The link row did not make it to the file (a SIGKILL between the writer's batches): the
+    # reservation is loaded with no run.
+    with duckdb.connect(settings.recorder.db) as con:
+        con.execute("update budget_charges set run_id = null")
+
+    second = await aiohttp_server(make_app(settings))
+    budgets = second.app[PARTS].budgets.budgets
+    assert [(r["used"], r["reserved"]) for r in figures(budgets)] == [(0, PER_RUN)]
+    [call] = paused.required_action.submit_tool_outputs.tool_calls
+    async with AsyncOpenAI(base_url=str(second.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as client, \
+            client.beta.threads.runs.submit_tool_outputs_stream(
+                thread_id=paused.thread_id, run_id=paused.id,
+                tool_outputs=[{"tool_call_id": call.id, "output": "18C"}]) as stream:
+        await stream.until_done()
+        assert (await stream.get_final_run()).usage.total_tokens == 227
+    assert [(r["used"], r["reserved"]) for r in figures(budgets)] == [(227, 0)]  # once, not 227 + 512 expiring
+    parts = second.app[PARTS]
+    await parts.flush()
+    with parts.writer.cursor() as cur:
+        assert cur.execute("select run_id, state, spent_tokens from budget_charges").fetchall() == [
+            (paused.id, "settled", 227)]
 
 
 async def test_clamp_lowers_max_completion_tokens_to_what_the_budget_can_pay(aiohttp_server, fake, tmp_path,

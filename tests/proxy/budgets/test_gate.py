@@ -75,8 +75,8 @@ def test_a_fitting_request_reserves_and_the_next_that_does_not_fit_is_refused():
 def test_unknown_keys_are_allowed_denied_or_given_the_default_budget():
     body = {"assistant_id": "a", "max_prompt_tokens": 256, "max_completion_tokens": 256}
     allow = budgets()
-    assert allow.admit(create(body, key=OTHER), {}) is None  # recorded, not limited
-    assert allow.ledger.window(OTHER, "day").reserved_tokens == 512
+    assert allow.admit(create(body, key=OTHER), {}) is None  # recorded, not limited, and no window kept
+    assert len(allow.ledger.open) == 1 and allow.ledger.keys == {}
     deny = refusal_json(budgets(unknown_keys="deny").admit(create(body, key=OTHER), {}))
     assert "no budget" in deny["message"]
     default = budgets(unknown_keys="default", default={"tokens_per_minute": 600})
@@ -168,3 +168,46 @@ def test_a_failing_admission_lets_the_request_through_and_is_counted(caplog):
     b.ledger.keys = None  # type: ignore[assignment]  # break the ledger: any reservation now raises
     assert b.admit(create({"assistant_id": "a"}), {}) is None
     assert b.errors == 1 and "forwarding it unchecked" in caplog.text
+
+
+def test_a_continuation_counts_the_runs_finished_steps_while_its_own_usage_is_null():
+    b = budgets(default_reservation_tokens=100)
+    ex = create({"assistant_id": "a"})
+    b.admit(ex, {})
+    charge = b.pending[ex.request_id]
+    b.ledger.link(charge, "run_1")
+    _paused_run(b, total=None)  # a run's usage is null until it ends (protocol.md)
+    b.tracker.apply({"object": "thread.run.step", "id": "step_1", "run_id": "run_1", "thread_id": "thread_1",
+                     "status": "completed", "usage": {"prompt_tokens": 100, "completion_tokens": 20,
+                                                      "total_tokens": 120}}, Seen("rt_x", KEY, None, None))
+    assert b.admit(submit(), {}) is None and charge.reserved_tokens == 200  # 120 used of 100: topped up
+
+
+def test_a_continuation_of_an_unlinked_run_takes_over_the_keys_orphaned_charge():
+    # A restart loaded a charge whose link to its run was lost: the continuation of that run must
+    # settle it, not reserve a second charge beside it.
+    b = budgets(keys=[{"key_id": KEY, "alias": "team-a", "tokens_per_day": 5000}])
+    orphan = b.ledger.reserve("rt_before_restart", KEY, 512, 0.0, settle_in_s=600)
+    in_flight = create({"assistant_id": "a", "max_prompt_tokens": 256, "max_completion_tokens": 256})
+    b.admit(in_flight, {})  # a create still running is no orphan: its own run may show up yet
+    ex = submit("run_7")
+    assert b.admit(ex, {}) is None
+    assert b.ledger.by_run["run_7"] is orphan and ex.request_id not in b.pending
+    assert len(b.ledger.by_id) == 2 and b.ledger.window(KEY, "day").reserved_tokens == 1024
+
+
+def test_clamp_sets_both_maxima_for_a_request_that_sets_neither():
+    b = budgets(keys=[{"key_id": KEY, "alias": "team-a", "tokens_per_day": 2000, "clamp": True}])
+    ex = create({"assistant_id": "a"})  # estimated at the default, 4096: more than the limit
+    assert b.admit(ex, {}) is None
+    assert orjson.loads(ex.request_body) == {"assistant_id": "a", "max_prompt_tokens": 1500,
+                                             "max_completion_tokens": 500}
+    assert b.pending[ex.request_id].reserved_tokens == 2000
+    assert b.admit(create({"assistant_id": "a"}), {}).status == 429  # nothing left
+
+
+def test_refusals_are_counted_by_alias():
+    b = budgets(unknown_keys="deny")
+    b.admit(create({"assistant_id": "a", "max_prompt_tokens": 4096, "max_completion_tokens": 4096}), {})
+    b.admit(create({"assistant_id": "a"}, key=OTHER), {})
+    assert b.rejections == {"team-a": 1, "other": 1}

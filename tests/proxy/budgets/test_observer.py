@@ -1,3 +1,5 @@
+import asyncio
+
 import aiohttp
 import orjson
 
@@ -127,3 +129,60 @@ def test_a_continuation_of_a_run_the_upstream_does_not_know_is_released():
     ex.finish(Outcome.COMPLETED)
     observer.exchange_finished(ex)
     assert charge.state == RELEASED and budgets.pending == {}
+
+
+def submit_exchange(budgets: Budgets, run_id: str = "run_1") -> Exchange:
+    path = f"/v1/threads/thread_1/runs/{run_id}/submit_tool_outputs"
+    ex = Exchange(classify("POST", path), "POST", path, "", KEY, b'{"tool_outputs": []}')
+    assert budgets.admit(ex, {}) is None
+    return ex
+
+
+def test_a_continuation_admitted_before_the_create_was_linked_is_charged_once():
+    # The create's events are parsed behind the relay: its continuation can be admitted first.
+    budgets, observer = make(tokens_per_day=100_000)
+    create = admitted(budgets)  # reserves 600
+    cont = submit_exchange(budgets)  # the run is unknown yet: a charge of its own
+    see(budgets, observer, create, run("requires_action", usage={**USAGE, "total_tokens": 98}))
+    see(budgets, observer, cont, run("completed", usage=USAGE))
+    for ex in (create, cont):
+        ex.status = 200
+        ex.finish(Outcome.COMPLETED)
+        observer.exchange_finished(ex)
+    states = sorted((c.charge_id == create.request_id, c.state, c.spent_tokens) for c in budgets.ledger.by_id.values())
+    assert states == [(False, RELEASED, 0), (True, SETTLED, 450)]
+    assert budgets.ledger.window(KEY, "day").tokens == 450 and budgets.ledger.open == {}
+
+
+def test_a_top_up_is_taken_back_when_the_upstream_refuses_the_continuation():
+    budgets, observer = make(tokens_per_day=100_000)
+    create = admitted(budgets)
+    see(budgets, observer, create, run("requires_action", usage={**USAGE, "total_tokens": 700}))
+    charge = budgets.ledger.by_run["run_1"]
+    cont = submit_exchange(budgets)
+    assert charge.reserved_tokens == 600 + 4096  # 700 used of 600: topped up
+    cont.status = 400
+    cont.finish(Outcome.COMPLETED)
+    observer.exchange_finished(cont)
+    assert (charge.reserved_tokens, charge.state, budgets.top_ups) == (600, RESERVED, {})
+    assert budgets.ledger.window(KEY, "day").reserved_tokens == 600
+
+
+async def test_a_cancel_after_the_session_closed_fails_quietly_and_close_awaits_the_rest(caplog):
+    session = aiohttp.ClientSession()
+    await session.close()
+    cancel = upstream_canceller(lambda: session, "http://127.0.0.1:9")
+    assert await cancel(Credentials({}, "", "/v1"), "thread_1", "run_1") is None  # no "Session is closed"
+    assert "failed: RuntimeError" in caplog.text
+    budgets, _ = make(tokens_per_day=10)
+    stuck = asyncio.Event()
+
+    async def slow(credentials: Credentials, thread_id: str, run_id: str) -> int | None:
+        await stuck.wait()
+        return 200
+
+    observer = BudgetObserver(budgets, slow)
+    task = asyncio.get_running_loop().create_task(slow(Credentials({}, "", "/v1"), "t", "r"))
+    observer._tasks.add(task)
+    await observer.close()
+    assert task.cancelled()

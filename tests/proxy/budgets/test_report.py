@@ -79,3 +79,14 @@ async def test_get_admin_budgets_answers_the_figures_with_the_token(aiohttp_clie
     body = await response.json()
     assert response.status == 200 and body["budgets"] == figures(parts.budgets.budgets) == []
     assert datetime.fromisoformat(body["as_of"]).tzinfo is not None
+
+
+def test_rejections_are_the_budgets_own_metric_whatever_the_metrics_observer():
+    # [telemetry] metrics = false drops the metrics observer, not this counter.
+    clock = Clock()
+    budgets = make(clock)
+    registry = CollectorRegistry()
+    register_collector(registry, budgets)
+    budgets.rejections.update({"team-a": 2, "other": 1})
+    assert registry.get_sample_value("runtap_budget_rejections_total", {"key_alias": "team-a"}) == 2
+    assert registry.get_sample_value("runtap_budget_rejections_total", {"key_alias": "other"}) == 1
