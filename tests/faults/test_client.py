@@ -31,6 +31,8 @@ def assert_recorded_to_the_end(rec, script: Script) -> None:
     assert rec.q("select status, prompt_tokens, completion_tokens, total_tokens from runs") == [
         ("completed", usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])]
     assert rec.q("select event, data from events order by seq desc limit 1") == [("done", "[DONE]")]
+    # The budget ledger is settled too: the run's charge at its final usage, once.
+    assert rec.q("select state, spent_tokens from budget_charges") == [("settled", usage["total_tokens"])]
 
 
 async def test_client_gone_before_the_upstream_answers(rig: Rig):
@@ -105,6 +107,7 @@ async def test_client_gone_around_requires_action_then_again_mid_continuation(ri
         ("completed", usage["total_tokens"], 1, 2)]
     assert rec.q("select tool_call_id, name, output from tool_calls") == [(call_id, "get_current_weather", "18C")]
     assert rec.q("select count(*) from events where event = 'done'") == [(2,)]
+    assert rec.q("select state, spent_tokens from budget_charges") == [("settled", usage["total_tokens"])]
 
 
 async def test_draining_after_the_client_left_is_bounded_by_client_gone_drain_s(start_rig: StartRig, fake,
