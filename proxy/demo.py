@@ -22,7 +22,7 @@ from .app import make_app
 from .config import Settings
 from .testing.fake_upstream import demo_upstream, serve
 
-DEMO_KEY = "sk-demo-not-a-real-key-0000000000000000"
+DEMO_KEY = "sk-demo-not-a-key"  # short: nothing that looks like a real key is committed
 WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {
     "name": "get_current_weather", "description": "Get the current weather in a given location",
     "parameters": {"type": "object", "properties": {

@@ -87,7 +87,7 @@ QUIET_WINDOW_S = 0.1
 QUIET_TICKS = 1
 """The proxy is idle when it used at most one clock tick (10 ms) of CPU in a 100 ms window."""
 BASE_HEADERS = {
-    "Authorization": "Bearer sk-bench-0000000000000000000000000000",
+    "Authorization": "Bearer sk-bench-not-a-key",
     "OpenAI-Beta": "assistants=v2",
 }
 
