@@ -198,6 +198,9 @@ def make_forward_handler(
             except _CLIENT_GONE:
                 ex.client_gone = True
                 outcome = Outcome.CLIENT_GONE
+            except BaseException:  # cancelled at shutdown: the whole body went out, only its end was cut
+                tap.end(outcome, error)
+                raise
         tap.end(outcome, error)
         return response
 
