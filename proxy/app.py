@@ -87,6 +87,7 @@ def make_app(
         spill_path=settings.spill_path,
         batch_max_rows=settings.recorder.batch_max_rows,
         batch_interval_s=settings.recorder.batch_interval_ms / 1000,
+        memory_limit=settings.recorder.duckdb_memory_limit,
     )
     tracker = RunTracker(settings.recorder.max_tracked_runs)
     budgets = BudgetService(settings, tracker, writer, lambda: parts.session)

@@ -103,6 +103,11 @@ class RecorderSettings(_Section):
     max_tracked_runs: int = Field(
         50_000, gt=0, le=10_000_000, description="Runs whose state is kept in memory (least recent evicted)."
     )
+    duckdb_memory_limit: str = Field(
+        "256MB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$",
+        description="DuckDB's buffer pool in the proxy (its default is 80% of RAM, and the pool only grows); "
+        "the recording and admin queries spill to disk beyond it.",
+    )
 
 
 class TelemetrySettings(_Section):

@@ -101,6 +101,7 @@ class Writer:
         spill_path: Path | None = None,
         batch_max_rows: int = 20_000,
         batch_interval_s: float = 0.25,
+        memory_limit: str | None = None,
     ) -> None:
         if batch_max_rows < 1 or batch_interval_s < 0:
             raise ValueError("batch_max_rows must be >= 1 and batch_interval_s >= 0")
@@ -108,6 +109,7 @@ class Writer:
         self.spill_path = spill_path if spill_path is not None else Path(f"{self.db_path}.spill.jsonl")
         self._batch_max_rows = batch_max_rows
         self._batch_interval_s = batch_interval_s
+        self._memory_limit = memory_limit
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         # The parent connection only makes cursors (under a lock); the thread writes through its own.
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -133,7 +135,7 @@ class Writer:
         """Open the database, migrate it, replay the spill file, start the thread. Blocks."""
         if self._thread is not None or self._closed:
             raise StoreError("Writer.start() may be called once, before close()")
-        self._con = _connect(self.db_path)
+        self._con = _connect(self.db_path, self._memory_limit)
         try:
             self._write_con = self._con.cursor()
             # Naive datetimes (which the recorder should not send) then mean UTC, not local time.
@@ -357,12 +359,16 @@ def close_orphaned_exchanges(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+def _connect(path: Path, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    # No file access through SQL (read_csv, COPY, ATTACH, INSTALL) nor Python replacement scans:
+    # /admin/sql runs on cursors of this connection, and the writer needs neither (the spill is
+    # plain Python I/O). The memory limit bounds DuckDB's buffer pool, which otherwise grows with
+    # the recording up to 80% of the machine's RAM.
+    config: dict[str, str | bool] = {"enable_external_access": False, "python_enable_replacements": False}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
     try:
-        # No file access through SQL (read_csv, COPY, ATTACH, INSTALL) nor Python replacement scans:
-        # /admin/sql runs on cursors of this connection, and the writer needs neither (the spill is
-        # plain Python I/O).
-        return duckdb.connect(str(path), config={"enable_external_access": False, "python_enable_replacements": False})
+        return duckdb.connect(str(path), config=config)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise StoreLockedError(

@@ -410,3 +410,13 @@ def test_start_closes_the_exchanges_a_killed_process_left_open(db_path: Path) ->
             ("rq_done", "completed", None), ("rq_killed", "truncated", writer_module.ORPHANED)]
     finally:
         w.close()
+
+
+def test_the_memory_limit_reaches_duckdb(db_path: Path) -> None:
+    w = Writer(db_path, memory_limit="64MB")
+    w.start()
+    try:
+        [(limit,)] = query(w, "select current_setting('memory_limit')")
+        assert limit == "61.0 MiB"  # 64 MB, as DuckDB reports it (in MiB)
+    finally:
+        w.close()
