@@ -75,7 +75,7 @@ async def test_sighup_changes_a_limit_live_without_dropping_traffic(fake, upstre
         assert await poll(lambda: "configuration not reloaded" in child.output(), 10), child.output()
         assert [b["limit"] for b in await admin_budgets(child)] == [100_000]
     child.sigterm()
-    assert await child.wait_exit() == 0, child.output()
+    assert await child.wait_exit(GRACE_S) == 0, child.output()
     assert query(child.db, "select budget, limit_value from budget_limits") == [("tokens_per_day", 100_000.0)]
     assert query(child.db, "select source from prices where model = 'my-deployment'") == [("config",)]
     assert query(child.db, "select count(*), sum(spent_tokens) from budget_charges where state = 'settled'") == [
@@ -123,6 +123,6 @@ async def test_sigkill_with_a_reservation_in_flight_neither_forgets_nor_charges_
         assert (await stream.get_final_run()).usage.total_tokens == 227
     assert [(b["used"], b["reserved"]) for b in await admin_budgets(second)] == [(227, 0)]  # charged once
     second.sigterm()
-    assert await second.wait_exit() == 0, second.output()
+    assert await second.wait_exit(GRACE_S) == 0, second.output()
     assert query(second.db, "select run_id, state, reserved_tokens, spent_tokens from budget_charges") == [
         (paused.id, "settled", 512, 227)]

@@ -8,15 +8,10 @@ wait polls with a deadline, and every child is killed at teardown.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import os
-import signal
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +24,10 @@ from yarl import URL
 from proxy.testing.faults import Fault
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
+from tests.processes import START_S, Child, child_env, connection_refused, poll, port_open
 
-START_S = 15.0
-"""Deadline for a child to come up (or to give up)."""
+__all__ = ["GRACE_S", "START_S", "Child", "config", "launch", "poll", "port_open", "query", "upstream_url"]
+
 GRACE_S = 10
 """shutdown_grace_s of every child here: SIGTERM must end the process well within it."""
 UNAUTHORIZED = {"error": {"message": "admin endpoints need Authorization: Bearer <token>",
@@ -41,40 +37,6 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"location": {"type": "string"},
                                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
                    "required": ["location"]}}}
-
-
-async def poll(check: Callable[[], Any], deadline_s: float = 10.0) -> Any:
-    """Call `check()` (sync or async) until it returns something truthy or the deadline passes."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.02)
-
-
-async def port_open(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return True
-
-
-async def connection_refused(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return True
-    except OSError:  # e.g. reset: caught in the backlog as the listener closed; ask again
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return False
 
 
 def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -89,63 +51,6 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 def recording_files(db: Path) -> set[str]:
     """Files beside the database that belong to it (the file, its WAL, spill and token files)."""
     return {p.name for p in db.parent.iterdir() if p.name.startswith(db.name)}
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any RUNTAP_* / OTEL_* setting that would leak into the child."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNTAP_", "OTEL_"))}
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Child:
-    proc: subprocess.Popen[bytes]
-    port: int
-    admin_port: int
-    db: Path
-    out: Path
-    err: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    @property
-    def token_file(self) -> Path:
-        return Path(f"{self.db}.admin-token")
-
-    def output(self) -> str:
-        return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
-
-    def sigterm(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-
-    async def wait_exit(self, deadline_s: float = GRACE_S) -> int | None:
-        """The exit code, or None if the process is still running at the deadline."""
-        await poll(lambda: self.proc.poll() is not None, deadline_s)
-        return self.proc.poll()
-
-    async def wait_ready(self) -> None:
-        """Both listeners accept: /healthz answers 200 on the admin port, and the proxy port is open."""
-        async with aiohttp.ClientSession() as session:
-
-            async def up() -> bool:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"runtap exited {self.proc.returncode} while starting:\n{self.output()}")
-                try:
-                    async with session.get(self.admin_url + "/healthz") as r:
-                        healthy = r.status == 200
-                except aiohttp.ClientConnectionError:
-                    return False
-                return healthy and await port_open(self.port)
-
-            if not await poll(up, START_S):
-                pytest.fail(f"runtap did not come up within {START_S} s:\n{self.output()}")
 
 
 def spawn(args: list[str], cwd: Path, name: str, env: dict[str, str], port: int, admin_port: int, db: Path) -> Child:
@@ -248,7 +153,7 @@ async def test_streamed_tool_run_through_the_process_is_recorded(fake, upstream,
     assert fake.requests[0].headers["Authorization"] == f"Bearer {RAW_KEY}"  # the key really went through
 
     child.sigterm()
-    assert await child.wait_exit() == 0, child.output()
+    assert await child.wait_exit(GRACE_S) == 0, child.output()
     # Closed cleanly: everything checkpointed into the file (no WAL left), nothing refused (no spill).
     assert recording_files(child.db) == {"x.duckdb", "x.duckdb.admin-token"}
     assert query(child.db, "select run_id, thread_id, status, prompt_tokens, completion_tokens, total_tokens, "
@@ -302,7 +207,7 @@ async def test_sigterm_under_load_finishes_every_stream_and_refuses_new_connecti
     assert sorted(status for _, status, _, _ in results) == ["completed"] * n
     assert sorted(text for *_, text in results) == sorted(texts)
     assert {tokens for _, _, tokens, _ in results} == {14}
-    assert await child.wait_exit() == 0, child.output()
+    assert await child.wait_exit(GRACE_S) == 0, child.output()
     assert time.monotonic() - signalled < GRACE_S
     assert all(r.complete for r in fake.responses)
     assert query(child.db, "select count(*) from events where event = 'done'") == [(n,)]
@@ -338,7 +243,7 @@ async def test_a_second_proxy_on_the_same_database_exits_3_and_leaves_the_first_
                                headers={"Authorization": f"Bearer {token_after.strip()}"}) as r:
             status_with_file_token = r.status
     first.sigterm()
-    assert await first.wait_exit() == 0, first.output()
+    assert await first.wait_exit(GRACE_S) == 0, first.output()
     assert query(first.db, "select route, status, outcome, json_extract_string(response_body, '$.id') from requests"
                  ) == [("POST /v1/threads", 200, "completed", thread.id)]
     assert token_after == token_before, "the refused second proxy overwrote the running proxy's admin token file"
@@ -369,7 +274,7 @@ async def test_admin_listener_health_auth_and_token_file(launch):
                                headers={"Authorization": f"Bearer {token}"}) as r:
             assert r.status == 404  # past the token check; no such endpoint
     child.sigterm()
-    assert await child.wait_exit() == 0, child.output()
+    assert await child.wait_exit(GRACE_S) == 0, child.output()
 
 
 async def test_env_admin_token_wins_and_allows_a_non_loopback_admin_listener(launch):
@@ -385,7 +290,7 @@ async def test_env_admin_token_wins_and_allows_a_non_loopback_admin_listener(lau
                                headers={"Authorization": f"Bearer {token}"}) as r:
             assert r.status == 404
     child.sigterm()
-    assert await child.wait_exit() == 0, child.output()
+    assert await child.wait_exit(GRACE_S) == 0, child.output()
     assert token not in child.output()
 
 
@@ -416,7 +321,7 @@ async def test_admin_paths_on_the_proxy_port_go_to_the_upstream(fake, upstream, 
                     assert r.headers["openai-organization"] == "org-runtapfake"  # the fake's answer
     assert [(r.method, r.path) for r in fake.requests] == [(m, p) for m, _, p in cases for _ in (1, 2)]
     child.sigterm()
-    assert await child.wait_exit() == 0, child.output()
+    assert await child.wait_exit(GRACE_S) == 0, child.output()
     assert query(child.db, "select count(*), min(status), max(status) from requests") == [(2 * len(cases), 404, 404)]
 
 

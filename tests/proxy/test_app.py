@@ -25,6 +25,7 @@ from proxy.config import Settings
 from proxy.testing.faults import Fault
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
+from tests.processes import connection_refused
 
 
 def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -37,16 +38,6 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def recording_files(db: Path) -> set[str]:
     return {p.name for p in db.parent.iterdir() if p.name.startswith(db.name)}
-
-
-async def connection_refused(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return True
-    writer.close()
-    await writer.wait_closed()
-    return False
 
 
 @dataclass
