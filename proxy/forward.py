@@ -84,6 +84,13 @@ def make_forward_handler(
             observers.exchange_finished(ex)
         return response
 
+    def refuse(request: web.Request, route: Route, response: web.Response, error: str) -> web.Response:
+        """runtap refuses a request before reading it whole (400, 413): recorded, never forwarded."""
+        ex = Exchange(route, request.method, request.path, request.query_string,
+                      key_id_from_headers(request.headers), None)
+        observers.exchange_started(ex)
+        return answer(ex, response, Outcome.REJECTED, error)
+
     async def forward(request: web.Request) -> web.StreamResponse:
         # The exchange runs in its own task, shielded: a server that cancels handlers when the
         # client disconnects (aiohttp's handler_cancellation) must not stop the recording. The
@@ -100,18 +107,12 @@ def make_forward_handler(
         if not request.raw_path.startswith("/"):
             # An absolute-form target (`GET http://host/path`) appended to the upstream URL names
             # another host, or no valid URL at all (an unhandled 500). No OpenAI client sends one.
-            ex = Exchange(route, request.method, request.path, request.query_string,
-                          key_id_from_headers(request.headers), None)
-            observers.exchange_started(ex)
-            return answer(ex, errors.invalid_request_target(), Outcome.REJECTED, "request target not origin-form")
+            return refuse(request, route, errors.invalid_request_target(), "request target not origin-form")
         body: bytes | None = None
         if route.recorded:
             body = await _read_body(request, max_body)
             if body is None:
-                ex = Exchange(route, request.method, request.path, request.query_string,
-                              key_id_from_headers(request.headers), None)
-                observers.exchange_started(ex)
-                return answer(ex, errors.request_too_large(max_body), Outcome.REJECTED, "request too large")
+                return refuse(request, route, errors.request_too_large(max_body), "request too large")
         ex = Exchange(route, request.method, request.path, request.query_string,
                       key_id_from_headers(request.headers), body)
         ex.traceparent = request.headers.get("traceparent")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import duckdb
 import pytest
 
 START_S = 20.0
@@ -58,6 +59,33 @@ async def connection_refused(port: int) -> bool:
     writer.close()
     await writer.wait_closed()
     return False
+
+
+def url_of(server: Any) -> str:
+    """The base URL of an aiohttp test server (the fake upstream), for `--upstream`."""
+    return str(server.make_url("")).rstrip("/")
+
+
+def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Read the recording of a stopped proxy, the way a user would: a read-only connection."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def recording_files(db: Path) -> set[str]:
+    """Files beside the database that belong to it (the file, its WAL, spill and token files)."""
+    return {p.name for p in db.parent.iterdir() if p.name.startswith(db.name)}
+
+
+def kill_all(children: list[Child]) -> None:
+    """Fixture teardown: no child outlives its test."""
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.kill()
+        child.proc.wait(timeout=10)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -12,7 +12,8 @@ from proxy.testing.faults import Fault
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
 from tests.e2e.test_budgets import _assert_refusal, _stream_run
-from tests.e2e.test_serve_process import GRACE_S, config, launch, poll, query, upstream_url  # noqa: F401
+from tests.e2e.test_serve_process import GRACE_S, config, launch  # noqa: F401  # fixtures
+from tests.processes import poll, query, url_of
 
 RUN = {"max_prompt_tokens": 256, "max_completion_tokens": 256}
 
@@ -40,7 +41,7 @@ async def remaining_metric(child) -> str:
 async def test_sighup_changes_a_limit_live_without_dropping_traffic(fake, upstream, launch, config):  # noqa: F811
     write_config(config, 700)
     fake.default_script = lambda body: Script.text("hi", prompt_tokens=100, completion_tokens=20)
-    child = await launch(upstream=upstream_url(upstream))
+    child = await launch(upstream=url_of(upstream))
     async with AsyncOpenAI(base_url=child.url + "/v1", api_key=RAW_KEY, max_retries=0) as client:
         assert (await _stream_run(client, **RUN)).usage.total_tokens == 120
         # A slow stream (120 used + 512 reserved of 700) is in flight while the limit changes.
@@ -96,7 +97,7 @@ async def test_sigkill_with_a_reservation_in_flight_neither_forgets_nor_charges_
     write_config(config, 10_000)
     fake.enqueue(Script.tool_then_text(tool_prompt_tokens=80, tool_completion_tokens=18, prompt_tokens=120,
                                        completion_tokens=9))
-    child = await launch(upstream=upstream_url(upstream))
+    child = await launch(upstream=url_of(upstream))
     async with AsyncOpenAI(base_url=child.url + "/v1", api_key=RAW_KEY, max_retries=0) as client:
         async with client.beta.threads.create_and_run_stream(
             assistant_id="asst_abc", thread={"messages": [{"role": "user", "content": "Weather?"}]}, **RUN,
@@ -112,7 +113,7 @@ async def test_sigkill_with_a_reservation_in_flight_neither_forgets_nor_charges_
         child.proc.kill()
         assert await child.wait_exit() == -signal.SIGKILL
 
-        second = await launch(upstream=upstream_url(upstream))
+        second = await launch(upstream=url_of(upstream))
         assert [(b["used"], b["reserved"]) for b in await admin_budgets(second)] == [(0, 512)]  # not forgotten
         [call] = paused.required_action.submit_tool_outputs.tool_calls
     async with AsyncOpenAI(base_url=second.url + "/v1", api_key=RAW_KEY, max_retries=0) as client, \

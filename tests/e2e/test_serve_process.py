@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import duckdb
 import pytest
 from openai import AsyncAssistantEventHandler, AsyncOpenAI
 from yarl import URL
@@ -24,9 +23,19 @@ from yarl import URL
 from proxy.testing.faults import Fault
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
-from tests.processes import START_S, Child, child_env, connection_refused, poll, port_open
+from tests.processes import (
+    START_S,
+    Child,
+    child_env,
+    connection_refused,
+    kill_all,
+    poll,
+    query,
+    recording_files,
+    url_of,
+)
 
-__all__ = ["GRACE_S", "START_S", "Child", "config", "launch", "poll", "port_open", "query", "upstream_url"]
+__all__ = ["GRACE_S", "config", "launch"]
 
 GRACE_S = 10
 """shutdown_grace_s of every child here: SIGTERM must end the process well within it."""
@@ -37,20 +46,6 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"location": {"type": "string"},
                                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
                    "required": ["location"]}}}
-
-
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Read the recording of a stopped proxy, the way a user would: a read-only connection."""
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
-
-
-def recording_files(db: Path) -> set[str]:
-    """Files beside the database that belong to it (the file, its WAL, spill and token files)."""
-    return {p.name for p in db.parent.iterdir() if p.name.startswith(db.name)}
 
 
 def spawn(args: list[str], cwd: Path, name: str, env: dict[str, str], port: int, admin_port: int, db: Path) -> Child:
@@ -92,14 +87,9 @@ def launch(tmp_path: Path, config: Path, unused_tcp_port_factory):
         return child
 
     yield start
-    for child in children:
-        if child.proc.poll() is None:
-            child.proc.kill()
-        child.proc.wait(timeout=10)
+    kill_all(children)
 
 
-def upstream_url(upstream) -> str:
-    return str(upstream.make_url("")).rstrip("/")
 
 
 def assert_key_never_written(child: Child) -> None:
@@ -133,7 +123,7 @@ async def test_streamed_tool_run_through_the_process_is_recorded(fake, upstream,
                                    completion_tokens=9)
     assert script.total_usage() == {"prompt_tokens": 200, "completion_tokens": 27, "total_tokens": 227}
     fake.enqueue(script)
-    child = await launch(upstream=upstream_url(upstream))
+    child = await launch(upstream=url_of(upstream))
     async with AsyncOpenAI(base_url=child.url + "/v1", api_key=RAW_KEY, max_retries=0) as client:
         handler = ToolHandler()
         async with client.beta.threads.create_and_run_stream(
@@ -175,7 +165,7 @@ async def test_sigterm_under_load_finishes_every_stream_and_refuses_new_connecti
     for text in texts:
         fake.enqueue(Script.text(text, prompt_tokens=10, completion_tokens=4, chunks=4))
         fake.fault(Fault(path="/threads/runs", drip_delay_s=0.1))  # 16 writes: about 1.5 s per stream
-    child = await launch(upstream=upstream_url(upstream))
+    child = await launch(upstream=url_of(upstream))
 
     async with AsyncOpenAI(base_url=child.url + "/v1", api_key=RAW_KEY, max_retries=0) as client:
 
@@ -220,10 +210,10 @@ async def test_sigterm_under_load_finishes_every_stream_and_refuses_new_connecti
 
 
 async def test_a_second_proxy_on_the_same_database_exits_3_and_leaves_the_first_alone(fake, upstream, launch):
-    first = await launch(upstream=upstream_url(upstream))
+    first = await launch(upstream=url_of(upstream))
     token_before = first.token_file.read_text()
 
-    second = await launch(upstream=upstream_url(upstream), db=first.db, wait=False)
+    second = await launch(upstream=url_of(upstream), db=first.db, wait=False)
     assert await second.wait_exit(START_S) == 3, second.output()
     stderr = second.err.read_text()
     assert f"runtap: {first.db} is locked by another process" in stderr
@@ -304,7 +294,7 @@ async def test_non_loopback_admin_listener_without_a_token_refuses_to_start(laun
 
 
 async def test_admin_paths_on_the_proxy_port_go_to_the_upstream(fake, upstream, launch):
-    child = await launch(upstream=upstream_url(upstream))
+    child = await launch(upstream=url_of(upstream))
     token = child.token_file.read_text().strip()
     cases = [("POST", "/admin/sql", "/admin/sql"), ("GET", "/admin/budgets", "/admin/budgets"),
              ("GET", "/healthz", "/healthz"), ("GET", "/readyz", "/readyz"), ("GET", "/metrics", "/metrics"),

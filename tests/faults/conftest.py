@@ -92,7 +92,7 @@ class Recording:
 
 @dataclass
 class Rig:
-    upstream_url: str
+    url_of: str
     settings: Settings
     runner: web.AppRunner
     parts: Parts

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import START_S, Child, child_env, connection_refused, poll
+from tests.processes import START_S, Child, child_env, connection_refused, kill_all, poll
 
 __all__ = ["START_S", "Child", "connection_refused", "file_size", "poll", "serve", "spawn"]
 
@@ -57,10 +57,7 @@ def serve(tmp_path: Path, unused_tcp_port_factory):
         return child
 
     yield start
-    for child in children:
-        if child.proc.poll() is None:
-            child.proc.kill()
-        child.proc.wait(timeout=10)
+    kill_all(children)
 
 
 def file_size(path: Path) -> int | None:

@@ -206,7 +206,7 @@ async def test_a_spoofed_host_changes_nothing_about_where_requests_go(rig: Rig, 
     response = await raw_exchange(rig.port, request, timeout_s=3)
     assert status_of(response) == 404  # the fake's "no such thread"
     [seen] = rig.fake.requests
-    assert seen.headers.getall("Host") == [rig.upstream_url.removeprefix("http://")]  # one, the upstream's
+    assert seen.headers.getall("Host") == [rig.url_of.removeprefix("http://")]  # one, the upstream's
     assert not any(h.lower().startswith("x-forwarded") for h in seen.headers)
     await rig.finish()
 

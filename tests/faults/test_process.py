@@ -14,7 +14,6 @@ import signal
 import time
 from pathlib import Path
 
-import duckdb
 import httpx2
 import openai
 import pytest
@@ -28,20 +27,9 @@ from tests.conftest import RAW_KEY
 from tests.faults.conftest import assert_no_secret_in_db, assert_no_secret_in_files
 from tests.faults.proc import connection_refused, file_size, poll
 from tests.faults.test_storage import fill_until_refused
+from tests.processes import query, url_of
 
 ABORTED = (openai.APIConnectionError, httpx2.RemoteProtocolError, httpx2.ReadError)
-
-
-def url_of(server) -> str:
-    return str(server.make_url("")).rstrip("/")
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def write_big_spill(path: Path, rows: int) -> None:

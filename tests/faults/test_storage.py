@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 from openai import AsyncOpenAI
 
 from proxy.store import spill
@@ -24,20 +23,9 @@ from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
 from tests.faults.conftest import assert_no_secret_in_db, assert_no_secret_in_files, assert_no_secret_in_text
 from tests.faults.proc import START_S, Child, connection_refused, file_size
+from tests.processes import query, url_of
 
 CONFIG = "[server]\nshutdown_grace_s = 10\n\n[recorder]\nbatch_interval_ms = 5\n"
-
-
-def url_of(server) -> str:
-    return str(server.make_url("")).rstrip("/")
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 async def stream_runs(child: Child, n: int, words: int = 30) -> list[str]:

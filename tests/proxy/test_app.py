@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import duckdb
 import pytest
 from aiohttp import web
 from openai import AsyncOpenAI
@@ -25,19 +24,7 @@ from proxy.config import Settings
 from proxy.testing.faults import Fault
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
-from tests.processes import connection_refused
-
-
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
-
-
-def recording_files(db: Path) -> set[str]:
-    return {p.name for p in db.parent.iterdir() if p.name.startswith(db.name)}
+from tests.processes import connection_refused, query, recording_files
 
 
 @dataclass
