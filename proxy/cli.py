@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .admin import admin_token
     from .app import make_app
     from .config import ENV_ADMIN_TOKEN, load_settings, parse_hostport
+    from .gc_policy import settle_after_startup
 
     overrides = {
         "server": {"upstream": args.upstream, "listen": args.listen, "admin_listen": args.admin_listen},
@@ -42,11 +43,17 @@ def _serve(args: argparse.Namespace) -> int:
             pass
     host, port = parse_hostport(settings.server.listen)
     logging.getLogger("runtap").info("forwarding %s:%d → %s", host, port, settings.server.upstream)
+    # SIGHUP re-reads the same file with the same flags: [budgets] (and [prices]) apply live.
+    app = make_app(settings, admin_token=token, token_file=not from_env,
+                   reload=lambda: load_settings(args.config, overrides=overrides))
+
+    async def gc_after_startup(app: web.Application) -> None:
+        settle_after_startup()  # after the cleanup_ctx start-up steps: migrations and ledger included
+
+    app.on_startup.append(gc_after_startup)
     try:
         web.run_app(
-            # SIGHUP re-reads the same file with the same flags: [budgets] (and [prices]) apply live.
-            make_app(settings, admin_token=token, token_file=not from_env,
-                     reload=lambda: load_settings(args.config, overrides=overrides)),
+            app,
             host=host,
             port=port,
             shutdown_timeout=settings.server.shutdown_grace_s,
