@@ -21,6 +21,9 @@ from .runs import MessageState, RunState, RunTracker, State, StepState, ToolCall
 class RowSink(Protocol):
     def submit(self, table: str, row: dict[str, Any]) -> None: ...
 
+    def submit_event(self, row: tuple[Any, ...]) -> None:
+        """An `events` row as a tuple in store.writer.EVENT_COLUMNS order (the writer's events lane)."""
+
 
 _RUN_COLUMNS = (
     "run_id", "thread_id", "assistant_id", "model", "status", "key_id", "created_at", "started_at",
@@ -63,7 +66,7 @@ class Recorder(Observer):
         self._tracker = tracker
         self._record_content = record_content
         # Events seen before their exchange knows its run id (`thread.created` comes first).
-        self._held: dict[str, list[dict[str, Any]]] = {}
+        self._held: dict[str, list[tuple[Any, ...]]] = {}
 
     def _submit(self, table: str, row: dict[str, Any]) -> None:
         if not self._record_content:
@@ -86,23 +89,24 @@ class Recorder(Observer):
 
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
         if event.source == "sse":
-            row = {
-                "request_id": ex.request_id, "seq": event.seq, "event": event.name, "data": event.data,
-                "received_at": event.received_at, "run_id": ex.run_id, "raw": event.raw,
-            }
+            # store.writer.EVENT_COLUMNS order: request_id, seq, event, data, received_at, run_id, raw
+            if self._record_content:
+                row = (ex.request_id, event.seq, event.name, event.data, event.received_at, ex.run_id, event.raw)
+            else:
+                row = (ex.request_id, event.seq, event.name, None, event.received_at, ex.run_id, None)
             if ex.run_id is None:
                 self._held.setdefault(ex.request_id, []).append(row)
             else:
-                self._release(ex)
-                self._submit("events", row)
+                if self._held:
+                    self._release(ex)
+                self._sink.submit_event(row)
         for state in event.changes:
             self._submit_state(state)
 
     def _release(self, ex: Exchange) -> None:
         held = self._held.pop(ex.request_id, None)
         for row in held or ():
-            row["run_id"] = ex.run_id
-            self._submit("events", row)
+            self._sink.submit_event((*row[:5], ex.run_id, row[6]))
 
     def exchange_finished(self, ex: Exchange) -> None:
         self._release(ex)

@@ -655,22 +655,21 @@ def count_recorded(db: Path, info: dict[str, Any], sent_by_tag: dict[str, int]) 
 
 async def writer_bench(rows_n: int, rate: float, tmp: Path, frames: list[bytes], placeholder: str) -> dict[str, Any]:
     """store.Writer alone, with event rows built from the benchmark stream (as Recorder builds them)."""
-    from proxy.store.writer import Writer
+    from proxy.store.writer import EVENT_COLUMNS, Writer
 
     parsed = []
     for frame in frames:
         head, _, data = frame.decode().rstrip("\n").partition("\ndata: ")
         parsed.append((head.removeprefix("event: "), data))
     now = dt.datetime.now(dt.UTC)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     for i in range(rows_n):
         stream, seq = divmod(i, len(parsed))
         token = f"W{stream:019d}"
         event, data = parsed[seq]
-        rows.append({"request_id": f"rt_{stream:032x}", "seq": seq, "event": event,
-                     "data": data.replace(placeholder, token), "received_at": now, "run_id": f"run_{token}xxxx",
-                     "raw": None})
-    out: dict[str, Any] = {"rows": rows_n, "bytes_per_row": sum(len(str(r["data"])) for r in rows) / rows_n}
+        rows.append((f"rt_{stream:032x}", seq, event, data.replace(placeholder, token), now, f"run_{token}xxxx", None))
+    data_at = EVENT_COLUMNS.index("data")
+    out: dict[str, Any] = {"rows": rows_n, "bytes_per_row": sum(len(str(r[data_at])) for r in rows) / rows_n}
     for label, pace in (("unpaced", 0.0), ("paced", rate)):
         out[label] = await _writer_run(Writer(tmp / f"writer-{label}.duckdb"), rows, pace)
     return out
@@ -693,7 +692,7 @@ class _Probe:
             self.max_depth = max(self.max_depth, self.writer.queue_depth)
 
 
-async def _writer_run(writer: Any, rows: list[dict[str, Any]], pace: float) -> dict[str, Any]:
+async def _writer_run(writer: Any, rows: list[tuple[Any, ...]], pace: float) -> dict[str, Any]:
     await asyncio.to_thread(writer.start)
     probe = _Probe(writer)
     task = asyncio.ensure_future(probe.run())
@@ -701,7 +700,7 @@ async def _writer_run(writer: Any, rows: list[dict[str, Any]], pace: float) -> d
     t0 = time.perf_counter()
     for i in range(0, len(rows), chunk):
         for row in rows[i : i + chunk]:
-            writer.submit("events", row)
+            writer.submit_event(row)  # the events lane, as the recorder submits them
         if pace:
             await asyncio.sleep(max(0.0, t0 + (i + chunk) / pace - time.perf_counter()))
         else:

@@ -61,6 +61,9 @@ class NullSink:
     def submit(self, table: str, row: dict[str, Any]) -> None:
         pass
 
+    def submit_event(self, row: tuple[Any, ...]) -> None:
+        pass
+
 
 Exchange_ = tuple[str, str, bytes, bytes]
 """(method, path, request body, response bytes)"""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.store.writer import Writer  # after the path tweak, to run from a checkout
+from proxy.store.writer import EVENT_COLUMNS, Writer  # after the path tweak, to run from a checkout
 
 WORDS = ["the", "run", "step", "tool", "call", "message", "delta", "token", "usage", "thread", "model"]
 
@@ -76,10 +76,11 @@ class Probe:
 
 async def submit_all(writer: Writer, rows: list[dict[str, object]], rate: float) -> None:
     chunk = 500
+    lane = [tuple(row.get(c) for c in EVENT_COLUMNS) for row in rows]  # as the recorder submits them
     start = time.perf_counter()
-    for i in range(0, len(rows), chunk):
-        for row in rows[i : i + chunk]:
-            writer.submit("events", row)
+    for i in range(0, len(lane), chunk):
+        for row in lane[i : i + chunk]:
+            writer.submit_event(row)
         if rate:
             delay = start + (i + chunk) / rate - time.perf_counter()
             await asyncio.sleep(max(0.0, delay))

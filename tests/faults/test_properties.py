@@ -25,6 +25,7 @@ from proxy.recorder import _CALL_COLUMNS, _MESSAGE_COLUMNS, _RUN_COLUMNS, _STEP_
 from proxy.routes import classify
 from proxy.runs import RUN_TERMINAL, RunTracker, Seen
 from proxy.sse import SseDecoder, SseEvent
+from proxy.store.writer import EVENT_COLUMNS
 from proxy.tap import Tap
 from proxy.testing.engine import Engine
 from proxy.testing.faults import Fault, Malformed, Shaper
@@ -121,6 +122,9 @@ class Rows:
 
     def submit(self, table: str, row: dict[str, Any]) -> None:
         self.rows.append((table, row))
+
+    def submit_event(self, row: tuple[Any, ...]) -> None:
+        self.rows.append(("events", dict(zip(EVENT_COLUMNS, row, strict=True))))
 
 
 def record(exchanges: Sequence[Sequence[bytes]]) -> list[tuple[str, dict[str, Any]]]:

@@ -6,6 +6,7 @@ from proxy.exchange import Exchange, Outcome, RunEvent
 from proxy.recorder import Recorder
 from proxy.routes import classify
 from proxy.runs import RunTracker, Seen
+from proxy.store.writer import EVENT_COLUMNS
 from proxy.testing.replay import replay
 
 AT = datetime(2026, 11, 25, tzinfo=UTC)
@@ -19,6 +20,9 @@ class Sink:
 
     def submit(self, table, row):
         self.rows.append((table, row))
+
+    def submit_event(self, row):
+        self.rows.append(("events", dict(zip(EVENT_COLUMNS, row, strict=True))))
 
     def table(self, name):
         return [row for table, row in self.rows if table == name]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from proxy.store import spill
 from proxy.store import writer as writer_module
 from proxy.store.migrations import TABLES, fresh_database, migrate
-from proxy.store.writer import StoreError, StoreLockedError, Writer, write_batch
+from proxy.store.writer import EVENT_COLUMNS, StoreError, StoreLockedError, Writer, write_batch
 
 T0 = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -418,5 +418,104 @@ def test_the_memory_limit_reaches_duckdb(db_path: Path) -> None:
     try:
         [(limit,)] = query(w, "select current_setting('memory_limit')")
         assert limit == "61.0 MiB"  # 64 MB, as DuckDB reports it (in MiB)
+    finally:
+        w.close()
+
+
+# -- the events lane -------------------------------------------------------------------------------
+
+
+def lane(seq: int, request_id: str = "req_1", **extra: object) -> tuple[object, ...]:
+    """``event()`` as a ``submit_event()`` tuple."""
+    row = event(seq, request_id, **{"raw": None, **extra})
+    return tuple(row[c] for c in EVENT_COLUMNS)
+
+
+async def test_events_lane_rows_are_stored_exactly_with_the_other_rows(writer: Writer) -> None:
+    writer.submit("requests", {"request_id": "req_1", "started_at": at(0), "method": "POST", "path": "/v1/x"})
+    for seq in range(3):
+        writer.submit_event(lane(seq))
+    writer.submit_event(lane(3, data=None, raw=b"\x00\xff\n"))  # a malformed frame's bytes
+    assert writer.queue_depth == 5  # the loop's pending events count as waiting rows
+    await writer.flush()
+    assert query(writer, "select seq, data, received_at, run_id, raw from events order by seq") == [
+        (0, '{"n":0}', at(0), "run_1", None), (1, '{"n":1}', at(1), "run_1", None),
+        (2, '{"n":2}', at(2), "run_1", None), (3, None, at(3), "run_1", b"\x00\xff\n")]
+    assert query(writer, "select count(*) from requests") == [(1,)]
+    assert (writer.rows_written_total, writer.queue_depth) == (5, 0)
+
+
+async def test_events_lane_gathers_one_turn_of_the_loop_into_one_queue_entry(writer: Writer) -> None:
+    for seq in range(100):
+        writer.submit_event(lane(seq))
+    assert writer._queue.qsize() == 0  # still the loop's, until this turn ends
+    await asyncio.sleep(0)
+    assert writer._queue.qsize() <= 1 and writer.queue_depth in (0, 100)  # one entry (or already taken)
+    await writer.flush()
+    assert query(writer, "select count(*), min(seq), max(seq) from events") == [(100, 0, 99)]
+
+
+def test_events_lane_without_a_running_loop_queues_at_once(writer: Writer) -> None:
+    writer.submit_event(lane(0))
+    assert writer._events == []
+
+
+async def test_events_lane_rows_of_a_failed_batch_are_spilled_and_replayed_once(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = writer_module.write_batch
+    failing = threading.Event()
+
+    def flaky(*args: object, **kwargs: object) -> None:
+        if failing.is_set():
+            raise duckdb.IOException("injected: disk full")
+        real(*args, **kwargs)  # type: ignore[arg-type]  # the real arguments, passed through
+
+    monkeypatch.setattr(writer_module, "write_batch", flaky)
+    w = Writer(db_path)
+    w.start()
+    try:
+        failing.set()
+        for seq in range(3):
+            w.submit_event(lane(seq, data=f"d{seq}"))
+        await w.flush()
+        assert (w.spilled_rows_total, w.write_errors_total) == (3, 1)
+    finally:
+        w.close()
+    w.submit_event(lane(3, data="after close"))  # spilled too, never lost
+    assert w.spilled_rows_total == 4
+    failing.clear()
+    w2 = Writer(db_path)
+    report = w2.start()
+    try:
+        assert report.replayed == 4
+        assert query(w2, "select seq, data from events order by seq") == [
+            (0, "d0"), (1, "d1"), (2, "d2"), (3, "after close")]
+    finally:
+        w2.close()
+
+
+async def test_batches_with_the_events_lane_respect_batch_max_rows(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    real = writer_module.write_batch
+
+    def counting(con: object, specs: object, items: list[object], **kwargs: object) -> None:
+        sizes.append(len(items) + len(kwargs.get("events", ())))  # type: ignore[arg-type]
+        real(con, specs, items, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer_module, "write_batch", counting)
+    w = Writer(db_path, batch_max_rows=10, batch_interval_s=0.001)
+    w.start()
+    try:
+        for n in range(5):
+            for seq in range(n * 4, n * 4 + 4):
+                w.submit_event(lane(seq))
+            await asyncio.sleep(0)  # one turn: one queue entry of 4 rows
+        await w.flush()
+        assert query(w, "select count(*) from events") == [(20,)]
+        # A batch stops once it holds batch_max_rows (an entry is never split: at most 10 + 3).
+        assert sum(sizes) == 20 and max(sizes) <= 13
     finally:
         w.close()
