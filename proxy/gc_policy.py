@@ -3,11 +3,11 @@
 Why: CPython's cyclic collector runs by allocation counts (700, 10, 10 by default). runtap keeps
 long-lived objects by design (the run tracker holds up to `max_tracked_runs` runs), so the oldest
 generation grows by every run, and with the default thresholds the full collections that follow
-cost more than anything else the event loop does per run: measured with the tap, the recorder,
-metrics and budgets replaying the benchmark's 60-event run (the script in the note of this
-module's commit), 689 us of loop CPU per run with the defaults, of which full collections took
-140 us (pauses of ~100 ms each, in front of whatever request is waiting), against 571 us and no
-full collection in 10,000 runs with the settings below.
+become one of the largest costs on the event loop. `scripts/bench_loop.py` replays the
+benchmark's 60-event run through the tap, the recorder, metrics and budgets: 591 us of loop CPU
+per run with the defaults against 552 us with the settings below (6,000 to 15,000 runs tracked);
+while the tracker grew from 3,000 to 13,000 runs, 689 against 571 us, the defaults' full
+collections alone taking 140 us per run, in pauses of ~100 ms in front of whatever request waits.
 
 - `gc.freeze()` after start-up moves every object of the imports, the config and the migrations
   into the permanent generation: they live as long as the process, and no collection has to

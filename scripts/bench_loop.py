@@ -1,0 +1,119 @@
+"""Micro-benchmark: the event loop's CPU per streamed run for recording it, beside the relay.
+
+Replays the benchmark's own streamed run (``bench_upstream.py``: 60 SSE events, ~15 KB, one event
+per chunk as the upstream writes them) through a ``Tap`` and the observers exactly as the proxy
+builds them (``app.make_app`` with the default settings: recorder, metrics, budgets; tracing off),
+with fresh ids per run so each is new to the tracker. One run per turn of an asyncio loop, as in
+the proxy. The writer thread is not started: its queue is emptied every 50 runs, so only the
+loop's side is timed (process CPU time, not wall time: the figure holds on a busy machine).
+
+Rows: the tap alone (SSE framing, JSON of the non-delta events, run stitching), then with the
+recorder, metrics and budgets observers added; and the whole set under CPython's default
+garbage-collector settings against ``proxy.gc_policy`` (what ``runtap serve`` applies), after a
+warm-up that leaves a few thousand runs tracked, as a running proxy has.
+
+    python scripts/bench_loop.py [--runs 3000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_upstream  # the benchmark's stream, captured from the faithful fake
+
+from proxy import gc_policy  # after the path tweak, to run from a checkout
+from proxy.app import PARTS, Parts, make_app
+from proxy.config import Settings
+from proxy.exchange import Exchange, Outcome
+from proxy.routes import classify
+from proxy.tap import Tap
+
+PATH = "/v1/threads/runs"
+BODY = json.dumps(bench_upstream.STREAM_REQUEST).encode()
+
+
+class Replayer:
+    def __init__(self, parts: Parts, frames: list[bytes]) -> None:
+        self.parts = parts
+        self.frames = frames
+        self.counter = itertools.count()
+
+    def run(self) -> None:
+        """One streamed run through the tap, as forward.py and tap.DeferredTap drive it."""
+        token = f"LOOP{next(self.counter):016d}".encode()
+        observers, tracker = self.parts.observers, self.parts.tracker
+        ex = Exchange(classify("POST", PATH), "POST", PATH, "", "sha256:0123456789abcdef", BODY)
+        ex.t_sent = time.perf_counter()
+        observers.exchange_started(ex)
+        ex.status, ex.content_type = 200, "text/event-stream; charset=utf-8"
+        ex.t_upstream_headers = ex.t_headers = time.perf_counter()
+        tap = Tap(ex, tracker, observers, 1 << 24)
+        tap.response_started(ex.content_type, None)
+        for frame in self.frames:
+            tap.feed(frame.replace(bench_upstream.PLACEHOLDER, token), time.time())
+        tap.end(Outcome.COMPLETED)
+
+    async def cpu_per_run(self, runs: int) -> float:
+        """Microseconds of process CPU per run, one run per turn of the loop."""
+        writer_queue = self.parts.writer._queue
+        start = time.process_time()
+        for i in range(runs):
+            self.run()
+            await asyncio.sleep(0)
+            if i % 50 == 0:
+                while not writer_queue.empty():
+                    writer_queue.get_nowait()
+        return (time.process_time() - start) / runs * 1e6
+
+
+async def main(runs: int, repeat: int) -> None:
+    frames, _, _ = await bench_upstream.capture()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.model_validate({"server": {"upstream": "http://127.0.0.1:9"},
+                                            "recorder": {"db": str(Path(tmp) / "unused.duckdb")}})
+        parts = make_app(settings)[PARTS]
+        replayer = Replayer(parts, frames)
+        every = parts.observers._observers
+        print(f"{len(frames)} events, {sum(map(len, frames)):,} bytes per run; {runs:,} runs, best of {repeat}")
+        print("| observers | GC | loop CPU per run |")
+        print("|---|---|---|")
+        gc.disable()  # the observer rows measure the work itself
+        for label, chosen in (("tap alone", ()), ("+ recorder", every[:1]), ("+ metrics", every[:2]),
+                              ("+ budgets (all)", every)):
+            parts.observers._observers = tuple(chosen)
+            best = min([await replayer.cpu_per_run(runs) for _ in range(repeat)])
+            print(f"| {label} | off | {best:.0f} us |")
+        parts.observers._observers = every
+        gc.enable()
+        for _ in range(2 * runs):  # a running proxy tracks runs: the collector has an old generation to scan
+            replayer.run()
+        defaults = gc.get_threshold()
+        for label in ("CPython defaults", "gc_policy"):
+            if label == "gc_policy":
+                gc_policy.settle_after_startup()
+            full = gc.get_stats()[2]["collections"]
+            # The mean, not the best: a full collection comes every few thousand runs, and the best of
+            # a few repeats would be one without it.
+            mean = sum([await replayer.cpu_per_run(runs) for _ in range(repeat)]) / repeat
+            full = gc.get_stats()[2]["collections"] - full
+            print(f"| all | {label} | {mean:.0f} us ({full} full collections in {runs * repeat:,} runs) |")
+        gc.unfreeze()
+        gc.set_threshold(*defaults)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.runs, args.repeat))
