@@ -7,8 +7,9 @@ exactly once, whatever path ended the exchange (architecture.md §8.3).
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,6 +37,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """`rt_` and 32 hex digits: this process's random 64-bit prefix, then a counter.
+
+    Unique across processes (a fresh random prefix per start) and within one (the counter), with
+    no system call per request: `uuid.uuid4()` reads `os.urandom` every time, ~2% of the event
+    loop's CPU under load (py-spy, streamed runs at concurrency 32). Ids of one process also sort
+    in arrival order.
+    """
+    return f"rt_{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
 @dataclass(slots=True)
 class Exchange:
     route: Route
@@ -45,7 +61,7 @@ class Exchange:
     key_id: str | None
     request_body: bytes | None
     """The request body as sent, for recorded routes; None for routes streamed through."""
-    request_id: str = field(default_factory=lambda: "rt_" + uuid.uuid4().hex)
+    request_id: str = field(default_factory=new_request_id)
     started_at: datetime = field(default_factory=utcnow)
     t_start: float = field(default_factory=time.perf_counter)
     request_json: dict[str, Any] | None = None

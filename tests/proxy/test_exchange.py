@@ -1,4 +1,8 @@
-from proxy.exchange import Exchange, Outcome
+import re
+import subprocess
+import sys
+
+from proxy.exchange import Exchange, Outcome, new_request_id
 from proxy.routes import classify
 
 
@@ -14,3 +18,12 @@ def test_ids_come_from_the_route_and_timings_from_the_clock():
     assert ex.duration_ms >= 0
     assert not ex.finish(Outcome.COMPLETED)
     assert (ex.outcome, ex.error) == (Outcome.CLIENT_GONE, "left")
+
+
+def test_request_ids_are_unique_ordered_and_differ_between_processes():
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids) and ids == sorted(ids)
+    assert all(re.fullmatch(r"rt_[0-9a-f]{32}", i) for i in ids[:10])
+    code = "from proxy.exchange import new_request_id; print(new_request_id())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert other[:19] != ids[0][:19]  # another process: another random prefix
