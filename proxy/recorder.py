@@ -11,6 +11,7 @@ row each; the state they touched is written when the exchange ends (`RunTracker.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Protocol
 
 from .exchange import Exchange, RunEvent
@@ -52,6 +53,10 @@ _TABLES: dict[type, tuple[str, tuple[str, ...]]] = {
     ToolCallState: ("tool_calls", _CALL_COLUMNS),
     MessageState: ("messages", _MESSAGE_COLUMNS),
 }
+# One C call per snapshot for all its columns (a getattr per column was 2% of the loop's CPU).
+_GETTERS: dict[type, tuple[str, tuple[str, ...], attrgetter[Any]]] = {
+    kind: (table, columns, attrgetter(*columns)) for kind, (table, columns) in _TABLES.items()
+}
 
 
 def _text(body: bytes | None) -> str | None:
@@ -75,8 +80,8 @@ class Recorder(Observer):
         self._sink.submit(table, row)
 
     def _submit_state(self, state: State) -> None:
-        table, columns = _TABLES[type(state)]
-        self._submit(table, {c: getattr(state, c) for c in columns})
+        table, columns, values = _GETTERS[type(state)]
+        self._submit(table, dict(zip(columns, values(state), strict=True)))
 
     def exchange_started(self, ex: Exchange) -> None:
         # Written now, so that a stream cut by a crash still has its request row.

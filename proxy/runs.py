@@ -19,6 +19,7 @@ Rules this module owns (issue #3):
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +47,14 @@ STEP_TRANSITIONS: dict[str, frozenset[str]] = {
 
 
 def _ts(value: Any) -> datetime | None:
+    if type(value) is int:  # the API's timestamps: the same few repeat in every snapshot of a run
+        return _ts_of_int(value)
     return datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _ts_of_int(value: int) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
 
 
 def _moves(table: dict[str, frozenset[str]], old: str | None, new: Any) -> bool:
