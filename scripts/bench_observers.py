@@ -157,7 +157,7 @@ def bench(kind: str, conversation: list[Exchange_], iterations: int) -> tuple[fl
     finally:
         gc.enable()
     if tracing is not None:
-        tracing.provider.shutdown()
+        tracing.shutdown()
     return elapsed / iterations, events // iterations
 
 
@@ -175,7 +175,7 @@ def bench_delta(kind: str, conversation: list[Exchange_], n: int = 100_000) -> f
         observer.run_event(ex, event)
     elapsed = time.perf_counter_ns() - start
     if tracing is not None:
-        tracing.provider.shutdown()
+        tracing.shutdown()
     return elapsed / n
 
 
