@@ -1,11 +1,12 @@
 """Ended span records → batches → an exporter, on a thread of the pipeline's own.
 
 The loop's share is `emit()`: a deque append, and waking the thread once a batch is full. The
-rest happens on the export thread: the exporter turns the records into what it sends. For the
-SDK's exporters (`SdkExporter`: the in-memory one of the tests, or any other `SpanExporter`) each
-record becomes a `ReadableSpan`, with the environment's attribute limits applied. This is the
-SDK's `BatchSpanProcessor` with the span objects built off the loop instead of on it (spans.py
-says why).
+rest happens on the export thread: the exporter turns the records into what it sends. runtap's
+OTLP/HTTP exporter (otlp_http.py) encodes them straight to protobuf; for the SDK's exporters
+(`SdkExporter`: the in-memory one of the tests, or any other `SpanExporter`) each record becomes a
+`ReadableSpan`, with the environment's attribute limits applied. This is the SDK's
+`BatchSpanProcessor` with the span objects built off the loop instead of on it (spans.py says
+why).
 
 Batching follows the SDK's variables and defaults: `OTEL_BSP_SCHEDULE_DELAY` (ms, 5000),
 `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512), `OTEL_BSP_MAX_QUEUE_SIZE` (2048). When the queue is full a

@@ -1,20 +1,23 @@
-"""Tracing setup: a TracerProvider per app, exporting OTLP/HTTP off the event loop (contract §9).
+"""Tracing setup: the span pipeline of an app, exporting OTLP/HTTP off the event loop (contract §9).
 
 `make_tracing()` builds nothing when no endpoint is configured: no pipeline, no observer, no
 per-event cost. Otherwise the `TracingObserver` (run_spans.py) builds span records on the loop
-(spans.py) and `SpanExport` (span_export.py) batches them to the OTLP/HTTP exporter on its own
-thread; the event loop only ever enqueues finished records. The SDK's `TracerProvider` is built
-only to read the environment's resource, sampler and id generator: no span goes through it.
+(spans.py) and `SpanExport` (span_export.py) batches them, on its own thread, to runtap's OTLP/HTTP
+exporter (otlp_http.py, encoding with otlp_encode.py); the event loop only ever enqueues finished
+records. The SDK's `TracerProvider` is built only to read the environment's resource, sampler and
+id generator: no span goes through it. The SDK's own exporters still work (`SdkExporter`): tests
+pass its in-memory one, and a credential-provider session variable selects its OTLP/HTTP one.
 
 Where spans go, first match wins:
 1. `[telemetry] otlp_endpoint`, a base URL like `http://127.0.0.1:4318` (spans to `/v1/traces`);
 2. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, the full traces URL;
 3. `OTEL_EXPORTER_OTLP_ENDPOINT`, a base URL (spans to `/v1/traces`).
 `OTEL_SDK_DISABLED=true` turns tracing off whatever the rest says. Other standard variables
-(headers, timeout, compression, sampler, resource attributes, service name) reach the SDK as usual.
+(headers, timeout, compression, certificates, batching, sampler, id generator, attribute limits,
+resource attributes, service name) are honoured as the SDK honours them.
 
 Failure policy: an export that fails (upstream collector down, refused, timed out) or raises is
-logged by the SDK and counted here (`runtap_span_export_failures_total`); it never raises into
+logged and counted here (`runtap_span_export_failures_total`); it never raises into
 the proxy, and spans that could not be exported are dropped.
 """
 
@@ -37,6 +40,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from . import __version__
 from .config import Settings
+from .otlp_encode import OtlpEncoder
+from .otlp_http import OtlpHttpExporter
 from .run_spans import TracingObserver
 from .runs import RunTracker
 from .semconv import SCHEMA_URL
@@ -52,6 +57,9 @@ ENV_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_SDK_DISABLED = "OTEL_SDK_DISABLED"
 """`true` disables tracing (standard OTel variable)."""
 ENV_SERVICE_NAME = "OTEL_SERVICE_NAME"
+ENV_CREDENTIAL_PROVIDERS = ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+                            "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER")
+"""The SDK exporter's `requests` session plug-ins: with one set, spans go through the SDK's exporter."""
 TRACES_PATH = "/v1/traces"
 
 
@@ -160,18 +168,23 @@ def make_tracing(settings: Settings, tracker: RunTracker | None = None, *,
     `batch=False` exports each span as it ends, for tests that read spans synchronously.
     """
     env = os.environ if env is None else env
-    if exporter is None:
-        endpoint = traces_endpoint(settings, env)
-        if endpoint is None:
-            return None
-        exporter = OTLPSpanExporter(endpoint=endpoint)
+    endpoint = traces_endpoint(settings, env)
+    if exporter is None and endpoint is None:
+        return None
     attributes = {SERVICE_VERSION: __version__}
     if not os.environ.get(ENV_SERVICE_NAME):  # Resource.create() reads it from there
         attributes[SERVICE_NAME] = "runtap"
     # The environment's resource, sampler and id generator, as the SDK reads them.
     provider = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
     scope = InstrumentationScope("runtap", __version__, SCHEMA_URL)
-    counting = CountingExporter(SdkExporter(exporter, provider.resource, scope))
+    records: RecordExporter
+    if exporter is not None:
+        records = SdkExporter(exporter, provider.resource, scope)
+    elif any(env.get(name) for name in ENV_CREDENTIAL_PROVIDERS):  # only the SDK's exporter has them
+        records = SdkExporter(OTLPSpanExporter(endpoint=endpoint), provider.resource, scope)
+    else:
+        records = OtlpHttpExporter(str(endpoint), OtlpEncoder(provider.resource, scope), env)
+    counting = CountingExporter(records)
     pipeline = SpanExport(counting, batch=batch, env=env)
     telemetry = settings.telemetry
     observer = TracingObserver(

@@ -1,6 +1,7 @@
 from collections.abc import Sequence
 
 import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import PARTS, make_app
 from proxy.config import Settings
+from proxy.otlp_http import OtlpHttpExporter
 from proxy.runs import RunTracker
 from proxy.span_export import SdkExporter
 from proxy.spans import SpanRecord
@@ -68,11 +70,10 @@ def test_export_failures_are_counted_never_raised(raises, caplog):
     assert "span exporter shutdown failed" in caplog.text
 
 
-def test_the_real_otlp_exporter_against_nothing_counts_its_failure(unused_tcp_port, monkeypatch):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
+def test_the_real_otlp_exporter_against_nothing_counts_its_failure(unused_tcp_port):
     registry = CollectorRegistry()
     tracing = make_tracing(_settings(f"http://127.0.0.1:{unused_tcp_port}"), RunTracker(), registry=registry,
-                           env={}, batch=False)
+                           env={"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1"}, batch=False)
     assert tracing is not None
     _one_span(tracing)  # exported (and failing) right here
     assert tracing.exporter.failed_spans == 1
@@ -105,3 +106,14 @@ def test_service_name_defaults_to_runtap(monkeypatch):
     assert tracing is not None
     assert tracing.resource.attributes["service.name"] == "runtap"
     tracing.shutdown()
+
+
+def test_runtaps_exporter_unless_a_credential_provider_needs_the_sdks():
+    settings = _settings("http://127.0.0.1:4318")
+    ours = make_tracing(settings, env={})
+    assert ours is not None and isinstance(ours.exporter.inner, OtlpHttpExporter)
+    sdks = make_tracing(settings, env={"OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER": "vault"})
+    assert sdks is not None and isinstance(sdks.exporter.inner, SdkExporter)
+    assert isinstance(sdks.exporter.inner.inner, OTLPSpanExporter)
+    for tracing in (ours, sdks):
+        tracing.shutdown()
