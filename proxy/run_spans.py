@@ -93,7 +93,6 @@ class _Run:
     run_id: str | None = None
     model: str | None = None
     expires_ns: int | None = None
-    current: _Step | None = None
     steps: dict[str, _Step] = field(default_factory=dict)
     tools: dict[str, SpanRecord] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
@@ -123,6 +122,9 @@ class TracingObserver(Observer):
         self._closed: OrderedDict[str, _Run] = OrderedDict()
         """Recently ended runs, their children's parent swapped for the ended span's context: a late
         steps listing still lands in the run's trace, and no ended span is kept alive."""
+        self._untimed: dict[str, _Step] = {}
+        """By run id, the step of an open run that is producing content and whose first chunk
+        (`gen_ai.response.time_to_first_chunk`) has not come yet: the step seen last."""
         self._timer: asyncio.TimerHandle | None = None
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -139,7 +141,9 @@ class TracingObserver(Observer):
 
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
         if not event.changes:
-            if event.name in _DELTAS and ex.run_id is not None:
+            # Most of a stream: content deltas. Once its step's first chunk is timed, `_untimed` is
+            # empty and a delta costs two lookups.
+            if self._untimed and event.name in _DELTAS and ex.run_id is not None:
                 self._first_chunk(ex.run_id, event)
             return
         for state in event.changes:
@@ -256,7 +260,8 @@ class TracingObserver(Observer):
         if rec.run_id is None:
             return
         self.open.pop(rec.run_id, None)
-        rec.parent, rec.current = rec.span.context, None
+        rec.parent = rec.span.context
+        self._untimed.pop(rec.run_id, None)
         self._closed[rec.run_id] = rec
         if len(self._closed) > self._max_open:
             self._closed.popitem(last=False)
@@ -294,12 +299,12 @@ class TracingObserver(Observer):
                 self._abandon(rec, now_ns, "shutdown")
         self._pending.clear()
         self.open.clear()
+        self._untimed.clear()
 
     # -- steps and tool calls ---------------------------------------------------------------------
     def _first_chunk(self, run_id: str, event: RunEvent) -> None:
-        rec = self.open.get(run_id)
-        step = rec.current if rec is not None else None
-        if step is not None and not step.timed_first_chunk:
+        step = self._untimed.pop(run_id, None)
+        if step is not None:
             step.timed_first_chunk = True
             ttfc = max(0, _ns(event.received_at) - step.start_ns) / 1e9
             step.span.attributes[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
@@ -319,12 +324,14 @@ class TracingObserver(Observer):
             start_ns = _ns(event.received_at) if live or state.created_at is None else _ns(state.created_at)
             step = rec.steps[state.step_id] = self._start_step(ex, rec.parent, rec.model, rec.provider, state,
                                                                max(start_ns, rec.start_ns))
-        rec.current = step
         if state.status in STEP_TERMINAL:
             self._end_step(rec.done, step, state, max(_ns(event.received_at), step.start_ns))
             del rec.steps[state.step_id]
-            if rec.current is step:
-                rec.current = None
+            self._untimed.pop(state.run_id, None)
+        elif step.timed_first_chunk:
+            self._untimed.pop(state.run_id, None)
+        else:
+            self._untimed[state.run_id] = step
 
     def _start_step(self, ex: Exchange, parent: Parent, model: str | None, provider: str, state: StepState,
                     start_ns: int) -> _Step:
