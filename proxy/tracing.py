@@ -139,6 +139,7 @@ class Tracing:
     exporter: CountingExporter
     observer: TracingObserver
     resource: Resource
+    scope: InstrumentationScope
     closed: bool = False
 
     async def close(self) -> None:
@@ -194,7 +195,7 @@ def make_tracing(settings: Settings, tracker: RunTracker | None = None, *,
     )
     if registry is not None:
         registry.register(TracingCollector(counting, pipeline, observer))
-    return Tracing(pipeline, counting, observer, provider.resource)
+    return Tracing(pipeline, counting, observer, provider.resource, scope)
 
 
 def tracing_cleanup(tracing: Tracing | None) -> Callable[[web.Application], AsyncIterator[None]]:
