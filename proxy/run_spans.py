@@ -42,7 +42,7 @@ from .exchange import Exchange, RunEvent
 from .observers import Observer
 from .routes import RouteKind
 from .runs import STEP_TERMINAL, RunState, RunTracker, StepState, ToolCallState
-from .spans import Parent, SpanRecord, Spans
+from .spans import SpanRecord, Spans
 
 EXPIRY_GRACE_S = 60.0
 """How long after `expires_at` a run may still report its own terminal status before runtap ends
@@ -84,8 +84,7 @@ class _Step:
 @dataclass(slots=True, eq=False)
 class _Run:
     span: SpanRecord
-    parent: Parent
-    """What the run's children hang under: its span, or the span's context once it ended."""
+    """The run's span; once it ended, its stub (what late children need of it)."""
     trace_id: str
     start_ns: int
     deadline_ns: int
@@ -120,8 +119,8 @@ class TracingObserver(Observer):
         self.open: OrderedDict[str, _Run] = OrderedDict()
         """Open run spans by run id, oldest first."""
         self._closed: OrderedDict[str, _Run] = OrderedDict()
-        """Recently ended runs, their children's parent swapped for the ended span's context: a late
-        steps listing still lands in the run's trace, and no ended span is kept alive."""
+        """Recently ended runs, their spans swapped for stubs without attributes: a late steps
+        listing still lands in the run's trace, and no ended span's attributes are kept alive."""
         self._untimed: dict[str, _Step] = {}
         """By run id, the step of an open run that is producing content and whose first chunk
         (`gen_ai.response.time_to_first_chunk`) has not come yet: the step seen last."""
@@ -180,7 +179,7 @@ class TracingObserver(Observer):
             attributes.update(sc.input_content(body))
         start_ns = _ns(ex.started_at)
         span = self._spans.start(sc.OP_INVOKE_AGENT, SpanKind.CLIENT, attributes, start_ns, parent)
-        return _Run(span, span, format(span.trace_id, "032x"), start_ns, start_ns + self._cap_ns, provider,
+        return _Run(span, format(span.trace_id, "032x"), start_ns, start_ns + self._cap_ns, provider,
                     model=attributes.get(sc.GEN_AI_REQUEST_MODEL))
 
     def _run_of(self, ex: Exchange, run: RunState, at_ns: int) -> _Run | None:
@@ -260,7 +259,7 @@ class TracingObserver(Observer):
         if rec.run_id is None:
             return
         self.open.pop(rec.run_id, None)
-        rec.parent = rec.span.context
+        rec.span = rec.span.stub()
         self._untimed.pop(rec.run_id, None)
         self._closed[rec.run_id] = rec
         if len(self._closed) > self._max_open:
@@ -322,7 +321,7 @@ class TracingObserver(Observer):
                 return
             live = state.status not in STEP_TERMINAL
             start_ns = _ns(event.received_at) if live or state.created_at is None else _ns(state.created_at)
-            step = rec.steps[state.step_id] = self._start_step(ex, rec.parent, rec.model, rec.provider, state,
+            step = rec.steps[state.step_id] = self._start_step(ex, rec.span, rec.model, rec.provider, state,
                                                                max(start_ns, rec.start_ns))
         if state.status in STEP_TERMINAL:
             self._end_step(rec.done, step, state, max(_ns(event.received_at), step.start_ns))
@@ -333,7 +332,7 @@ class TracingObserver(Observer):
         else:
             self._untimed[state.run_id] = step
 
-    def _start_step(self, ex: Exchange, parent: Parent, model: str | None, provider: str, state: StepState,
+    def _start_step(self, ex: Exchange, parent: SpanRecord, model: str | None, provider: str, state: StepState,
                     start_ns: int) -> _Step:
         attributes: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT, sc.GEN_AI_PROVIDER_NAME: provider,
                                       sc.GEN_AI_RESPONSE_ID: state.step_id, **self._server}
@@ -370,10 +369,10 @@ class TracingObserver(Observer):
         if state.created_at is None or state.ended_at is None:
             return
         start_ns = _ns(state.created_at)
-        step = self._start_step(ex, closed.parent, closed.model, closed.provider, state, start_ns)
+        step = self._start_step(ex, closed.span, closed.model, closed.provider, state, start_ns)
         self._end_step(closed.done, step, state, max(start_ns, _ns(state.ended_at)))
 
-    def _tool_span(self, call: ToolCallState, parent: Parent, start_ns: int) -> SpanRecord:
+    def _tool_span(self, call: ToolCallState, parent: SpanRecord, start_ns: int) -> SpanRecord:
         name = call.name or call.type or "tool"
         attributes: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.GEN_AI_TOOL_NAME: name,
                                       sc.GEN_AI_TOOL_CALL_ID: call.tool_call_id,
@@ -394,7 +393,7 @@ class TracingObserver(Observer):
         span = rec.tools.get(call.tool_call_id)
         if span is None:
             step = rec.steps.get(call.step_id) if call.step_id else None
-            parent = step.span if step is not None else rec.parent
+            parent = step.span if step is not None else rec.span
             span = rec.tools[call.tool_call_id] = self._tool_span(call, parent, _ns(call.requested_at))
         if call.submitted_at is not None:
             if self._capture and call.output is not None:

@@ -27,7 +27,6 @@ from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
 @dataclass(slots=True, eq=False)
@@ -51,14 +50,15 @@ class SpanRecord:
     error: str | None = None
     """The description of an Error status (semconv.record_error); None leaves the status unset."""
 
-    @property
-    def context(self) -> SpanContext:
-        """The span's context, for a child that outlives this record (a late step of an ended run)."""
-        return SpanContext(self.trace_id, self.span_id, False, SAMPLED if self.sampled else NOT_SAMPLED)
+    def stub(self) -> SpanRecord:
+        """This span without its attributes, ended: what a child started after the end (a late step
+        of an ended run) needs of it, without keeping the exported attributes alive."""
+        return SpanRecord(self.name, self.kind, self.trace_id, self.span_id, self.parent_id, self.remote_parent,
+                          self.sampled, self.start_ns, {}, self.end_ns or self.start_ns, self.error)
 
 
 Parent = SpanRecord | SpanContext
-"""A live span of runtap's, or the context of a span that is gone (remote or ended)."""
+"""One of runtap's spans, or the client's span (from its `traceparent`)."""
 Emit = Callable[[SpanRecord], None]
 
 
@@ -84,9 +84,6 @@ class Spans:
         else:
             assert isinstance(parent, SpanContext)
             trace_id, parent_id, remote = parent.trace_id, parent.span_id, parent.is_remote
-            if not remote:  # a span of runtap's that ended: its decision stands
-                return SpanRecord(name, kind, trace_id, self._new_span_id(), parent_id, False,
-                                  parent.trace_flags.sampled, start_ns, attributes)
         sampled = self._sample(parent, trace_id, name, kind, attributes)
         return SpanRecord(name, kind, trace_id, self._new_span_id(), parent_id, remote, sampled, start_ns, attributes)
 

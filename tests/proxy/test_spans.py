@@ -42,12 +42,16 @@ def test_the_clients_span_is_the_remote_parent_and_its_sampled_flag_decides():
     assert ended == [run]
 
 
-def test_a_late_child_of_an_ended_span_hangs_under_its_context():
-    spans, _ = _spans()
-    run = spans.start("invoke_agent", SpanKind.CLIENT, {}, 1)
+def test_a_late_child_of_an_ended_span_hangs_under_its_stub():
+    spans, ended = _spans()
+    run = spans.start("invoke_agent", SpanKind.CLIENT, {"a": 1}, 1)
     spans.end(run, 2)
-    late = spans.start("chat", SpanKind.CLIENT, {}, 3, run.context)
+    stub = run.stub()
+    assert stub.attributes == {} and stub.end_ns == 2 and run.attributes == {"a": 1}
+    late = spans.start("chat", SpanKind.CLIENT, {}, 3, stub)
     assert (late.trace_id, late.parent_id, late.remote_parent, late.sampled) == (run.trace_id, run.span_id, False, True)
+    spans.end(stub, 4)  # already ended: never exported twice
+    assert ended == [run]
 
 
 def test_the_environments_sampler_decides_for_each_trace():
