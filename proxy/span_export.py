@@ -118,7 +118,7 @@ class SpanExport:
         """Held while exporting: the thread and a flush never export at once."""
         self._closed = False
         self.dropped = 0
-        """Spans dropped because the queue was full (or the pipeline shut down)."""
+        """Spans dropped before an export: the queue was full, or the pipeline had shut down."""
         self._thread: threading.Thread | None = None
         if batch:
             self._thread = threading.Thread(target=self._run, name="runtap-span-export", daemon=True)
@@ -170,5 +170,13 @@ class SpanExport:
         if self._thread is not None:
             self._wake.set()
             self._thread.join(SHUTDOWN_JOIN_S)
+            if self._thread.is_alive():
+                # Still exporting (a collector that keeps failing, retried): stop its retries and
+                # give up on the rest rather than hold the shutdown.
+                self.dropped += len(self._queue)
+                log.warning("span export still busy after %.0f s at shutdown; %d queued spans dropped",
+                            SHUTDOWN_JOIN_S, len(self._queue))
+                self._exporter.shutdown()
+                return
         self._export_queued()
         self._exporter.shutdown()

@@ -8,6 +8,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
+from proxy import span_export
 from proxy.span_export import SdkExporter, SpanExport
 from proxy.spans import SpanRecord
 
@@ -131,3 +132,17 @@ def test_bad_batching_variables_fall_back_to_the_defaults(value):
     pipeline = SpanExport(exporter, env={"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": value}, batch=False)
     assert pipeline._max_batch == 512
     pipeline.shutdown()
+
+
+def test_an_export_stuck_at_shutdown_is_stopped_not_waited_for(monkeypatch):
+    monkeypatch.setattr(span_export, "SHUTDOWN_JOIN_S", 0.05)
+    gate = threading.Event()
+    exporter = Recording(gate)
+    pipeline = SpanExport(exporter, env={"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2"})
+    for n in (1, 2):
+        pipeline.emit(_span(n))
+    assert exporter.entered.wait(10)
+    pipeline.emit(_span(3))
+    pipeline.shutdown()
+    assert exporter.shut and pipeline.dropped == 1
+    gate.set()
