@@ -80,26 +80,33 @@ class OtlpHttpExporter:
     """POSTs encoded span batches to `endpoint` (`http(s)://host[:port]/path`)."""
 
     def __init__(self, endpoint: str, encoder: OtlpEncoder, env: Mapping[str, str]) -> None:
-        url = urlsplit(endpoint)
-        self._usable = url.scheme in ("http", "https") and bool(url.hostname)
-        if not self._usable:
-            # As with the SDK's exporter, a bad endpoint fails (and counts) each export; it does
-            # not stop the proxy.
-            log.error("OTLP traces endpoint %r is not an http(s) URL: spans will be dropped", endpoint)
         self._encoder = encoder
+        url = urlsplit(endpoint)
         self._https = url.scheme == "https"
         self._host = url.hostname or ""
-        self._port = url.port or (443 if self._https else 80)
         self._target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self._compress, encoding = _compressor(_setting(env, "COMPRESSION"))
         self._timeout_s = _timeout_s(_setting(env, "TIMEOUT"))
-        self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": f"runtap/{__version__}"}
+        # Lower-case names, as the SDK's exporter sends them: the variable's headers can replace ours.
+        self._headers = {"content-type": "application/x-protobuf", "user-agent": f"runtap/{__version__}"}
         self._headers.update(parse_env_headers(_setting(env, "HEADERS") or "", liberal=True))
         if encoding is not None:
-            self._headers["Content-Encoding"] = encoding
-        self._ssl = self._tls_context(env) if self._https else None
+            self._headers.setdefault("content-encoding", encoding)
         self._connection: http.client.HTTPConnection | None = None
         self._stopping = threading.Event()
+        # As with the SDK's exporter, a bad endpoint or certificate fails (and counts) each export;
+        # it does not stop the proxy.
+        self._ssl: ssl.SSLContext | None = None
+        try:
+            self._port = url.port or (443 if self._https else 80)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError("not an http(s) URL")
+            if self._https:
+                self._ssl = self._tls_context(env)
+            self._usable = True
+        except (ValueError, OSError) as error:  # ssl.SSLError is an OSError
+            log.error("OTLP traces endpoint %r unusable (%s): spans will be dropped", endpoint, error)
+            self._usable = False
 
     @staticmethod
     def _tls_context(env: Mapping[str, str]) -> ssl.SSLContext:

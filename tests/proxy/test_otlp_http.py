@@ -63,6 +63,7 @@ async def test_a_batch_is_posted_with_the_environments_headers_and_compression(a
     assert await asyncio.to_thread(exporter.export, SPANS[:1])
     (headers, message, first), (_, _, second) = receiver.requests
     assert headers["Content-Type"] == "application/x-protobuf" and headers["Content-Encoding"] == "gzip"
+    assert len(headers.getall("Content-Type")) == 1
     assert headers["x-tenant"] == "traces" and "authorization" not in headers  # the traces variable wins whole
     assert headers["User-Agent"].startswith("runtap/")
     assert message.resource_spans[0].resource.attributes[0].key
@@ -116,9 +117,14 @@ async def test_nothing_listening_fails_within_the_timeout(unused_tcp_port, caplo
     assert "retries exhausted" in caplog.text
 
 
-def test_an_endpoint_that_is_not_http_fails_every_export(caplog):
-    exporter = OtlpHttpExporter("collector:4318/v1/traces", ENCODER, {})
-    assert "not an http(s) URL" in caplog.text
+@pytest.mark.parametrize(("endpoint", "env"), [
+    ("collector:4318/v1/traces", {}),
+    ("http://collector:port/v1/traces", {}),
+    ("https://collector:4318/v1/traces", {"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"}),
+])
+def test_an_unusable_endpoint_fails_every_export_without_stopping_anything(endpoint, env, caplog):
+    exporter = OtlpHttpExporter(endpoint, ENCODER, env)
+    assert "unusable" in caplog.text
     assert not exporter.export(SPANS)
 
 
