@@ -13,8 +13,9 @@ and protobuf encoder (otlp_encode.py says what that saves). It runs on the expor
 One keep-alive connection is reused across exports. A batch that fails is logged and reported
 (tracing.CountingExporter counts it); nothing is raised.
 
-The SDK's credential-provider sessions (`OTEL_PYTHON_EXPORTER_OTLP_HTTP_*CREDENTIAL_PROVIDER`) are
-not implemented here: with one of them set, tracing.py uses the SDK's exporter instead.
+Not implemented here: the SDK's credential-provider sessions
+(`OTEL_PYTHON_EXPORTER_OTLP_HTTP_*CREDENTIAL_PROVIDER`) and HTTP proxies (`HTTP(S)_PROXY`, which the
+SDK's `requests` honours). With either in play, tracing.py uses the SDK's exporter instead.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def _timeout_s(value: str | None) -> float:
         return DEFAULT_TIMEOUT_S
 
 
+def _certifi_bundle() -> str | None:
+    try:
+        import certifi  # optional: a dependency of requests, hence of the SDK's exporter
+    except ImportError:
+        return None
+    return str(certifi.where())
+
+
 def _retry_after_s(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None
@@ -110,7 +119,9 @@ class OtlpHttpExporter:
 
     @staticmethod
     def _tls_context(env: Mapping[str, str]) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=_setting(env, "CERTIFICATE"))
+        # Without a CA bundle of the environment's, trust what the SDK's exporter trusted: requests
+        # verifies with certifi's bundle (installed with it), not the system's.
+        context = ssl.create_default_context(cafile=_setting(env, "CERTIFICATE") or _certifi_bundle())
         certificate = _setting(env, "CLIENT_CERTIFICATE")
         if certificate:
             context.load_cert_chain(certificate, _setting(env, "CLIENT_KEY"))

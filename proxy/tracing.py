@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -75,6 +77,18 @@ def traces_endpoint(settings: Settings, env: Mapping[str, str] | None = None) ->
     if env.get(ENV_ENDPOINT):
         return env[ENV_ENDPOINT].rstrip("/") + TRACES_PATH
     return None
+
+
+def _needs_sdks_exporter(endpoint: str, env: Mapping[str, str]) -> bool:
+    """A credential-provider session or an HTTP proxy: what only the SDK's exporter (on `requests`)
+    supports. Anything else goes through runtap's own (otlp_http.py)."""
+    if any(env.get(name) for name in ENV_CREDENTIAL_PROVIDERS):
+        return True
+    url = urlsplit(endpoint)
+    names = (f"{url.scheme}_proxy", "all_proxy")
+    proxy = next((env.get(n) or env.get(n.upper()) for n in names if env.get(n) or env.get(n.upper())), None)
+    no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    return bool(proxy) and not urllib.request.proxy_bypass_environment(url.hostname or "", {"no": no_proxy})
 
 
 class CountingExporter:
@@ -181,7 +195,7 @@ def make_tracing(settings: Settings, tracker: RunTracker | None = None, *,
     records: RecordExporter
     if exporter is not None:
         records = SdkExporter(exporter, provider.resource, scope)
-    elif any(env.get(name) for name in ENV_CREDENTIAL_PROVIDERS):  # only the SDK's exporter has them
+    elif _needs_sdks_exporter(str(endpoint), env):
         records = SdkExporter(OTLPSpanExporter(endpoint=endpoint), provider.resource, scope)
     else:
         records = OtlpHttpExporter(str(endpoint), OtlpEncoder(provider.resource, scope), env)

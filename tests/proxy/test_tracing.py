@@ -108,12 +108,18 @@ def test_service_name_defaults_to_runtap(monkeypatch):
     tracing.shutdown()
 
 
-def test_runtaps_exporter_unless_a_credential_provider_needs_the_sdks():
-    settings = _settings("http://127.0.0.1:4318")
-    ours = make_tracing(settings, env={})
-    assert ours is not None and isinstance(ours.exporter.inner, OtlpHttpExporter)
-    sdks = make_tracing(settings, env={"OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER": "vault"})
-    assert sdks is not None and isinstance(sdks.exporter.inner, SdkExporter)
-    assert isinstance(sdks.exporter.inner.inner, OTLPSpanExporter)
-    for tracing in (ours, sdks):
-        tracing.shutdown()
+@pytest.mark.parametrize(("env", "sdks"), [
+    ({}, False),
+    ({"OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER": "vault"}, True),
+    ({"HTTP_PROXY": "http://proxy:3128"}, True),
+    ({"all_proxy": "http://proxy:3128"}, True),
+    ({"HTTPS_PROXY": "http://proxy:3128"}, False),  # the collector is http://
+    ({"http_proxy": "http://proxy:3128", "NO_PROXY": "localhost,127.0.0.1"}, False),
+])
+def test_runtaps_exporter_unless_a_proxy_or_credential_provider_needs_the_sdks(env, sdks):
+    tracing = make_tracing(_settings("http://127.0.0.1:4318"), env=env)
+    assert tracing is not None
+    assert isinstance(tracing.exporter.inner, SdkExporter if sdks else OtlpHttpExporter)
+    if sdks:
+        assert isinstance(tracing.exporter.inner.inner, OTLPSpanExporter)
+    tracing.shutdown()
