@@ -85,10 +85,9 @@ def _needs_sdks_exporter(endpoint: str, env: Mapping[str, str]) -> bool:
     if any(env.get(name) for name in ENV_CREDENTIAL_PROVIDERS):
         return True
     url = urlsplit(endpoint)
-    names = (f"{url.scheme}_proxy", "all_proxy")
-    proxy = next((env.get(n) or env.get(n.upper()) for n in names if env.get(n) or env.get(n.upper())), None)
+    proxied = any(env.get(name) or env.get(name.upper()) for name in (f"{url.scheme}_proxy", "all_proxy"))
     no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
-    return bool(proxy) and not urllib.request.proxy_bypass_environment(url.hostname or "", {"no": no_proxy})
+    return proxied and not urllib.request.proxy_bypass_environment(url.hostname or "", {"no": no_proxy})
 
 
 class CountingExporter:
