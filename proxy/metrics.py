@@ -13,8 +13,8 @@ Rules this module owns (architecture.md §9 rules 4, 9):
   (contract §6), however many exchanges and polls it spanned; steps and tool calls likewise. Only
   runs watched before their end count (not old runs in a listing). The ids are remembered in
   bounded LRU sets.
-- Hooks do O(1) work per event, with the label children cached, because they run beside the
-  stream (forward.py defers them behind the relay).
+- Hooks do O(1) work per event, because they run beside the stream (forward.py defers them
+  behind the relay). The instruments are instruments.py's: lock-free, written from the loop only.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from . import semconv as sc
 from .exchange import Exchange, RunEvent
+from .instruments import LoopCounter, LoopHistogram
 from .observers import Observer
 from .runs import STEP_TERMINAL, RunState, RunTracker, StepState, ToolCallState
 from .tap import Tap
@@ -126,77 +127,69 @@ class MetricsObserver(Observer):
         listing after a restart, a run made by another client) ended before this process watched."""
         self._first_chunk: dict[str, Exchange] = {}
         """Streams that may create model output and have not yet shown a delta."""
-        self._children: dict[tuple[Any, ...], Any] = {}
         r = registry
-        self.requests = Counter("runtap_requests", "HTTP exchanges through the proxy, by route template and "
+        self.requests = LoopCounter("runtap_requests", "HTTP exchanges through the proxy, by route template and "
                                 "status class.", ["route", "status_class"], registry=r)
-        self.outcomes = Counter("runtap_request_outcomes", "How exchanges ended as transport (completed, "
+        self.outcomes = LoopCounter("runtap_request_outcomes", "How exchanges ended as transport (completed, "
                                 "upstream_error, truncated, client_gone, rejected).", ["outcome"], registry=r)
-        self.added_latency = Histogram(
+        self.added_latency = LoopHistogram(
             "runtap_added_latency_seconds", "The proxy's own share of time to first byte: from the exchange "
             "being built to the request going to the upstream client, plus from the upstream's headers to "
             "the client's headers written.", registry=r, buckets=ADDED_LATENCY_BUCKETS)
-        self.first_event = Histogram(
+        self.first_event = LoopHistogram(
             "runtap_time_to_first_event_seconds", "From the exchange's start to the first SSE event of a stream.",
             ["route"], registry=r, buckets=FIRST_EVENT_BUCKETS)
-        self.first_chunk = Histogram(
+        self.first_chunk = LoopHistogram(
             sc.TIME_TO_FIRST_CHUNK_METRIC, "From a run-creating streamed request's start to its first content "
             "delta (message or tool-call delta).", ["gen_ai_operation_name", "gen_ai_provider_name",
                                                     "gen_ai_request_model"], registry=r, buckets=FIRST_EVENT_BUCKETS)
-        self.runs = Counter("runtap_runs", "Runs, counted once at their terminal status.", ["status", "model"],
+        self.runs = LoopCounter("runtap_runs", "Runs, counted once at their terminal status.", ["status", "model"],
                             registry=r)
-        self.end_reasons = Counter(
+        self.end_reasons = LoopCounter(
             "runtap_run_end_reasons", "Runs that did not complete: last_error.code for failed runs, "
             "incomplete_details.reason for incomplete ones, else the status.", ["status", "reason"], registry=r)
-        self.steps = Counter("runtap_run_steps", "Run steps, counted once at their terminal status.",
+        self.steps = LoopCounter("runtap_run_steps", "Run steps, counted once at their terminal status.",
                              ["type", "status"], registry=r)
-        self.tool_calls = Counter("runtap_tool_calls", "Tool calls the model made, by tool type.", ["type"],
+        self.tool_calls = LoopCounter("runtap_tool_calls", "Tool calls the model made, by tool type.", ["type"],
                                   registry=r)
-        self.tool_client_time = Histogram(
+        self.tool_client_time = LoopHistogram(
             "runtap_tool_call_client_seconds", "Client tool time of function calls: from requires_action to the "
             "submit_tool_outputs request that answered them.", ["name"], registry=r, buckets=sc.DURATION_BUCKETS)
-        self.tokens = Counter("runtap_tokens", "Tokens of finished runs (their final usage, counted once).",
+        self.tokens = LoopCounter("runtap_tokens", "Tokens of finished runs (their final usage, counted once).",
                               ["type", "model", "key_alias"], registry=r)
-        self.token_usage = Histogram(
+        self.token_usage = LoopHistogram(
             sc.TOKEN_USAGE_METRIC, "Tokens per operation: per run (invoke_agent) and per run step (chat).",
             ["gen_ai_token_type", "gen_ai_operation_name", "gen_ai_request_model", "gen_ai_provider_name"],
             registry=r, buckets=sc.TOKEN_USAGE_BUCKETS)
-        self.duration = Histogram(
+        self.duration = LoopHistogram(
             sc.OPERATION_DURATION_METRIC, "Duration of runs (invoke_agent, creation to terminal status) and of "
             "run steps (chat).", ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
                                   "error_type"], registry=r, buckets=sc.DURATION_BUCKETS)
-        self.observer_errors = Counter("runtap_observer_errors", "Observer hooks that raised (the stream went on).",
+        self.observer_errors = LoopCounter("runtap_observer_errors", "Observer hooks that raised (the stream went on).",
                                        ["observer", "hook"], registry=r)
 
-    # -- label children, cached: `labels()` validates and locks on every call ------------------
-    def _child(self, metric: Any, *values: str) -> Any:
-        key = (id(metric), *values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*values)
-        return child
-
+    # -- the error series ------------------------------------------------------------------------
     def watch_observers(self, names: Iterable[str]) -> None:
         """Export a zero for every observer and hook, so the error series exist before any error."""
         for observer in names:
             for hook in HOOKS:
-                self._child(self.observer_errors, observer, hook)
+                self.observer_errors.inc((observer, hook), 0)
 
     def observer_error(self, observer: str, hook: str) -> None:
         """`Observers(on_error=...)`: one hook of one observer raised."""
-        self._child(self.observer_errors, observer, hook).inc()
+        self.observer_errors.inc((observer, hook))
 
     # -- hooks ---------------------------------------------------------------------------------
     def response_started(self, ex: Exchange) -> None:
         if ex.t_sent is not None and ex.t_upstream_headers is not None and ex.t_headers is not None:
-            self.added_latency.observe((ex.t_sent - ex.t_start) + (ex.t_headers - ex.t_upstream_headers))
+            self.added_latency.observe((), (ex.t_sent - ex.t_start) + (ex.t_headers - ex.t_upstream_headers))
         if ex.streamed and ex.route.creates_run:
             self._first_chunk[ex.request_id] = ex
 
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
         if event.seq == 0 and event.source == "sse":
-            self._child(self.first_event, ex.route.template).observe(_elapsed(ex.started_at, event.received_at))
-        if event.name in _DELTAS and self._first_chunk:
+            self.first_event.observe((ex.route.template,), _elapsed(ex.started_at, event.received_at))
+        if self._first_chunk and event.name in _DELTAS:
             self._first_delta(ex, event)
         live = self._live
         for state in event.changes:
@@ -214,10 +207,10 @@ class MetricsObserver(Observer):
 
     def exchange_finished(self, ex: Exchange) -> None:
         self._first_chunk.pop(ex.request_id, None)
-        self._child(self.requests, ex.route.template, _status_class(ex.status)).inc()
+        self.requests.inc((ex.route.template, _status_class(ex.status)))
         outcome = ex.outcome
         if outcome is not None:
-            self._child(self.outcomes, outcome.value).inc()
+            self.outcomes.inc((outcome.value,))
 
     # -- what the hooks count ------------------------------------------------------------------
     def _model(self, ex: Exchange) -> str:
@@ -228,37 +221,37 @@ class MetricsObserver(Observer):
         if self._first_chunk.pop(ex.request_id, None) is None:
             return
         labels = (sc.OP_INVOKE_AGENT, sc.provider_for_path(ex.path), self._model(ex))
-        self._child(self.first_chunk, *labels).observe(_elapsed(ex.started_at, event.received_at))
+        self.first_chunk.observe(labels, _elapsed(ex.started_at, event.received_at))
 
     def _run_ended(self, ex: Exchange, run: RunState, at: datetime) -> None:
         status = run.status or UNKNOWN
         model = self._models(run.model)
         provider = sc.provider_for_path(ex.path)
-        self._child(self.runs, status, model).inc()
+        self.runs.inc((status, model))
         error = ""
         if status != "completed":
             reason = self._reasons(run.last_error_code or run.incomplete_reason or status)
-            self._child(self.end_reasons, status, reason).inc()
+            self.end_reasons.inc((status, reason))
             if status in _ERROR_STATUSES:
                 error = reason if status == "failed" else status
         alias = self._key_alias(run.key_id)
         for token_type, count in ((sc.TOKEN_INPUT, run.prompt_tokens), (sc.TOKEN_OUTPUT, run.completion_tokens)):
             if count is not None:
-                self._child(self.tokens, token_type, model, alias).inc(count)
-                self._child(self.token_usage, token_type, sc.OP_INVOKE_AGENT, model, provider).observe(count)
+                self.tokens.inc((token_type, model, alias), count)
+                self.token_usage.observe((token_type, sc.OP_INVOKE_AGENT, model, provider), count)
         duration = _seconds(run.first_seen_at, at)
         if duration is not None:
-            self._child(self.duration, sc.OP_INVOKE_AGENT, provider, model, error).observe(duration)
+            self.duration.observe((sc.OP_INVOKE_AGENT, provider, model, error), duration)
 
     def _step_ended(self, ex: Exchange, step: StepState, at: datetime) -> None:
         status = step.status or UNKNOWN
-        self._child(self.steps, step.type or UNKNOWN, status).inc()
+        self.steps.inc((step.type or UNKNOWN, status))
         run = self._tracker.runs.get(step.run_id) if self._tracker is not None and step.run_id else None
         model = self._models(run.model if run is not None else None)
         provider = sc.provider_for_path(ex.path)
         for token_type, count in ((sc.TOKEN_INPUT, step.prompt_tokens), (sc.TOKEN_OUTPUT, step.completion_tokens)):
             if count is not None:
-                self._child(self.token_usage, token_type, sc.OP_CHAT, model, provider).observe(count)
+                self.token_usage.observe((token_type, sc.OP_CHAT, model, provider), count)
         # A step first seen already ended (a steps listing after the run) has only the upstream's
         # whole-second timestamps; one watched live has the times runtap saw it start and end.
         if step.first_seen_at is not None and step.first_seen_at < at:
@@ -267,15 +260,15 @@ class MetricsObserver(Observer):
             duration = _seconds(step.created_at, step.ended_at)
         if duration is not None:
             error = self._reasons(step.last_error_code or status) if status in ("failed", "expired") else ""
-            self._child(self.duration, sc.OP_CHAT, provider, model, error).observe(duration)
+            self.duration.observe((sc.OP_CHAT, provider, model, error), duration)
 
     def _tool_call(self, call: ToolCallState, event: RunEvent) -> None:
         if call.type is not None and self._counted.first(call.tool_call_id):
-            self._child(self.tool_calls, call.type).inc()
+            self.tool_calls.inc((call.type,))
         if event.source == "request" and call.requested_at is not None:
             waited = _seconds(call.requested_at, call.submitted_at)
             if waited is not None:
-                self._child(self.tool_client_time, self._tools(call.name)).observe(waited)
+                self.tool_client_time.observe((self._tools(call.name),), waited)
 
 
 class WriterStats(Protocol):

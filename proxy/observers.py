@@ -48,13 +48,31 @@ class Observer:
 ErrorHook = Callable[[str, str], None]
 
 
+Hooked = tuple[tuple[Observer, Callable[..., None]], ...]
+
+
+def _hooked(observers: Sequence[Observer], hook: str) -> Hooked:
+    """The observers that override `hook`, each with its bound method. `run_event` runs for every
+    event of every stream: calling the no-op base hooks, and looking each method up again, would
+    cost the loop ~0.1 us per observer and event (issue #4)."""
+    default = getattr(Observer, hook)
+    return tuple((o, getattr(o, hook)) for o in observers if getattr(type(o), hook) is not default)
+
+
 class Observers(Observer):
-    """Fans every hook out to each observer in order, isolating their failures."""
+    """Fans every hook out to each observer in order, isolating their failures.
+
+    Each observer's hooks are looked up once, here: replace an observer's method before building
+    its `Observers`, not after."""
 
     name = "observers"
 
     def __init__(self, observers: Sequence[Observer], on_error: ErrorHook | None = None) -> None:
         self._observers = tuple(observers)
+        self._exchange_started = _hooked(observers, "exchange_started")
+        self._response_started = _hooked(observers, "response_started")
+        self._run_event = _hooked(observers, "run_event")
+        self._exchange_finished = _hooked(observers, "exchange_finished")
         self.failures: Counter[tuple[str, str]] = Counter()
         self._on_error = on_error
 
@@ -69,29 +87,29 @@ class Observers(Observer):
                 log.exception("observer error hook failed")
 
     def exchange_started(self, ex: Exchange) -> None:
-        for observer in self._observers:
+        for observer, hook in self._exchange_started:
             try:
-                observer.exchange_started(ex)
+                hook(ex)
             except Exception:
                 self._failed(observer, "exchange_started")
 
     def response_started(self, ex: Exchange) -> None:
-        for observer in self._observers:
+        for observer, hook in self._response_started:
             try:
-                observer.response_started(ex)
+                hook(ex)
             except Exception:
                 self._failed(observer, "response_started")
 
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
-        for observer in self._observers:
+        for observer, hook in self._run_event:
             try:
-                observer.run_event(ex, event)
+                hook(ex, event)
             except Exception:
                 self._failed(observer, "run_event")
 
     def exchange_finished(self, ex: Exchange) -> None:
-        for observer in self._observers:
+        for observer, hook in self._exchange_finished:
             try:
-                observer.exchange_finished(ex)
+                hook(ex)
             except Exception:
                 self._failed(observer, "exchange_finished")

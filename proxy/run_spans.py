@@ -19,6 +19,8 @@ outcome when it made no run (`semconv.exchange_error_type`), and `abandoned` for
 terminal status never came: ended at its `expires_at`, at `abandoned_run_s`, when `max_open_runs`
 pushed it out, or at shutdown (`runtap.run.abandoned` says which). Memory is bounded by
 `max_open_runs`; per event the work is O(1), with attribute writes only when a state changes.
+Spans are plain records (spans.py): starting one, setting an attribute and ending one are a few
+dict and list operations on the loop; the export thread does the rest (span_export.py).
 """
 
 from __future__ import annotations
@@ -31,8 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Tracer
+from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
@@ -41,6 +42,7 @@ from .exchange import Exchange, RunEvent
 from .observers import Observer
 from .routes import RouteKind
 from .runs import STEP_TERMINAL, RunState, RunTracker, StepState, ToolCallState
+from .spans import SpanRecord, Spans
 
 EXPIRY_GRACE_S = 60.0
 """How long after `expires_at` a run may still report its own terminal status before runtap ends
@@ -59,23 +61,30 @@ def _ns(at: datetime) -> int:
     return int(at.timestamp() * 1e9)
 
 
-def _usage(span: Span, prompt_tokens: int | None, completion_tokens: int | None) -> None:
-    usage = {sc.GEN_AI_USAGE_INPUT_TOKENS: prompt_tokens, sc.GEN_AI_USAGE_OUTPUT_TOKENS: completion_tokens}
-    span.set_attributes({name: count for name, count in usage.items() if count is not None})
+def _client_span(traceparent: str) -> SpanContext | None:
+    """The client's span from its W3C `traceparent`, or None when the header is not valid."""
+    context = trace.get_current_span(_PROPAGATOR.extract({"traceparent": traceparent})).get_span_context()
+    return context if context.is_valid else None
+
+
+def _usage(span: SpanRecord, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+    if prompt_tokens is not None:
+        span.attributes[sc.GEN_AI_USAGE_INPUT_TOKENS] = prompt_tokens
+    if completion_tokens is not None:
+        span.attributes[sc.GEN_AI_USAGE_OUTPUT_TOKENS] = completion_tokens
 
 
 @dataclass(slots=True, eq=False)
 class _Step:
-    span: Span
+    span: SpanRecord
     start_ns: int
-    context: Context
     timed_first_chunk: bool = False
 
 
 @dataclass(slots=True, eq=False)
 class _Run:
-    span: Span
-    context: Context
+    span: SpanRecord
+    """The run's span; once it ended, its stub (what late children need of it)."""
     trace_id: str
     start_ns: int
     deadline_ns: int
@@ -83,9 +92,8 @@ class _Run:
     run_id: str | None = None
     model: str | None = None
     expires_ns: int | None = None
-    current: _Step | None = None
     steps: dict[str, _Step] = field(default_factory=dict)
-    tools: dict[str, Span] = field(default_factory=dict)
+    tools: dict[str, SpanRecord] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     """Step and tool-call ids whose spans have ended (a repeated snapshot must not reopen them)."""
 
@@ -93,10 +101,10 @@ class _Run:
 class TracingObserver(Observer):
     name = "tracing"
 
-    def __init__(self, tracer: Tracer, tracker: RunTracker | None = None, *, upstream: str = "",
+    def __init__(self, spans: Spans, tracker: RunTracker | None = None, *, upstream: str = "",
                  capture_content: bool = False, max_open_runs: int = 10_000, abandoned_run_s: float = 3600.0,
                  clock_ns: Any = time.time_ns) -> None:
-        self._tracer = tracer
+        self._spans = spans
         self._tracker = tracker
         self._capture = capture_content
         self._max_open = max_open_runs
@@ -111,8 +119,11 @@ class TracingObserver(Observer):
         self.open: OrderedDict[str, _Run] = OrderedDict()
         """Open run spans by run id, oldest first."""
         self._closed: OrderedDict[str, _Run] = OrderedDict()
-        """Recently ended runs, their spans swapped for non-recording stand-ins: a late steps
-        listing still lands in the run's trace, and no ended span is kept alive."""
+        """Recently ended runs, their spans swapped for stubs without attributes: a late steps
+        listing still lands in the run's trace, and no ended span's attributes are kept alive."""
+        self._untimed: dict[str, _Step] = {}
+        """By run id, the step of an open run that is producing content and whose first chunk
+        (`gen_ai.response.time_to_first_chunk`) has not come yet: the step seen last."""
         self._timer: asyncio.TimerHandle | None = None
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -129,7 +140,9 @@ class TracingObserver(Observer):
 
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
         if not event.changes:
-            if event.name in _DELTAS and ex.run_id is not None:
+            # Most of a stream: content deltas. Once its step's first chunk is timed, `_untimed` is
+            # empty and a delta costs two lookups.
+            if self._untimed and event.name in _DELTAS and ex.run_id is not None:
                 self._first_chunk(ex.run_id, event)
             return
         for state in event.changes:
@@ -148,12 +161,12 @@ class TracingObserver(Observer):
             ex.trace_id = rec.trace_id
         if rec is not None and rec.run_id is None:
             sc.record_error(rec.span, sc.exchange_error_type(ex.status, ex.outcome), ex.error)
-            rec.span.end()
+            self._spans.end(rec.span, self._clock_ns())
         self.sweep()
 
     # -- runs --------------------------------------------------------------------------------------
     def _start_run(self, ex: Exchange) -> _Run:
-        parent = _PROPAGATOR.extract({"traceparent": ex.traceparent}) if ex.traceparent else None
+        parent = _client_span(ex.traceparent) if ex.traceparent else None
         provider = sc.provider_for_path(ex.path)
         attributes: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: sc.OP_INVOKE_AGENT,
                                       sc.GEN_AI_PROVIDER_NAME: provider, **self._server}
@@ -165,9 +178,8 @@ class TracingObserver(Observer):
         if self._capture:
             attributes.update(sc.input_content(body))
         start_ns = _ns(ex.started_at)
-        span = self._tracer.start_span(sc.OP_INVOKE_AGENT, parent, SpanKind.CLIENT, attributes, start_time=start_ns)
-        trace_id = format(span.get_span_context().trace_id, "032x")
-        return _Run(span, trace.set_span_in_context(span), trace_id, start_ns, start_ns + self._cap_ns, provider,
+        span = self._spans.start(sc.OP_INVOKE_AGENT, SpanKind.CLIENT, attributes, start_ns, parent)
+        return _Run(span, format(span.trace_id, "032x"), start_ns, start_ns + self._cap_ns, provider,
                     model=attributes.get(sc.GEN_AI_REQUEST_MODEL))
 
     def _run_of(self, ex: Exchange, run: RunState, at_ns: int) -> _Run | None:
@@ -188,10 +200,11 @@ class TracingObserver(Observer):
     def _bind(self, rec: _Run, run: RunState, ex: Exchange, at_ns: int) -> None:
         rec.run_id = run.run_id
         rec.model = rec.model or run.model
-        # One set_attributes: each call takes the span's lock once.
-        rec.span.set_attributes({name: value for name, value in (
-            (RUN_ID, run.run_id), (sc.GEN_AI_AGENT_ID, run.assistant_id), (sc.GEN_AI_CONVERSATION_ID, run.thread_id),
-            (sc.GEN_AI_REQUEST_MODEL, rec.model)) if value})
+        attributes = rec.span.attributes
+        for name, value in ((RUN_ID, run.run_id), (sc.GEN_AI_AGENT_ID, run.assistant_id),
+                            (sc.GEN_AI_CONVERSATION_ID, run.thread_id), (sc.GEN_AI_REQUEST_MODEL, rec.model)):
+            if value:
+                attributes[name] = value
         while len(self.open) >= self._max_open:
             _, oldest = self.open.popitem(last=False)
             self._abandon(oldest, at_ns, "evicted")
@@ -211,11 +224,11 @@ class TracingObserver(Observer):
     def _end_run(self, rec: _Run, run: RunState, end_ns: int) -> None:
         span = rec.span
         status = run.status or ""
-        span.set_attribute(RUN_STATUS, status)
+        span.attributes[RUN_STATUS] = status
         _usage(span, run.prompt_tokens, run.completion_tokens)
         reason = sc.finish_reason(status, run.incomplete_reason)
         if reason:
-            span.set_attribute(sc.GEN_AI_RESPONSE_FINISH_REASONS, (reason,))
+            span.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (reason,)
         if status == "failed":
             sc.record_error(span, run.last_error_code or "failed", run.last_error_message)
         elif status == "expired":
@@ -224,29 +237,30 @@ class TracingObserver(Observer):
 
     def _abandon(self, rec: _Run, now_ns: int, why: str) -> None:
         end_ns = min(now_ns, rec.expires_ns) if why == "expires_at" and rec.expires_ns else now_ns
-        rec.span.set_attribute(RUN_ABANDONED, why)
+        rec.span.attributes[RUN_ABANDONED] = why
         sc.record_error(rec.span, "abandoned", f"no terminal status seen ({why})")
         self._close(rec, max(end_ns, rec.start_ns), "abandoned")
 
     def _close(self, rec: _Run, end_ns: int, error_type: str | None) -> None:
+        end = self._spans.end
         for call_id, span in rec.tools.items():
             if error_type:
                 sc.record_error(span, error_type)
-            span.end(end_time=end_ns)
+            end(span, end_ns)
             rec.done.add(call_id)
         for step_id, step in rec.steps.items():
             if error_type:
                 sc.record_error(step.span, error_type)
-            step.span.end(end_time=max(end_ns, step.start_ns))
+            end(step.span, max(end_ns, step.start_ns))
             rec.done.add(step_id)
         rec.tools.clear()
         rec.steps.clear()
-        rec.span.end(end_time=end_ns)
+        end(rec.span, end_ns)
         if rec.run_id is None:
             return
         self.open.pop(rec.run_id, None)
-        rec.span = NonRecordingSpan(rec.span.get_span_context())
-        rec.context, rec.current = trace.set_span_in_context(rec.span), None
+        rec.span = rec.span.stub()
+        self._untimed.pop(rec.run_id, None)
         self._closed[rec.run_id] = rec
         if len(self._closed) > self._max_open:
             self._closed.popitem(last=False)
@@ -279,20 +293,20 @@ class TracingObserver(Observer):
         now_ns = self._clock_ns()
         for rec in [*self._pending.values(), *self.open.values()]:
             if rec.run_id is None:
-                rec.span.end(end_time=now_ns)
+                self._spans.end(rec.span, now_ns)
             else:
                 self._abandon(rec, now_ns, "shutdown")
         self._pending.clear()
         self.open.clear()
+        self._untimed.clear()
 
     # -- steps and tool calls ---------------------------------------------------------------------
     def _first_chunk(self, run_id: str, event: RunEvent) -> None:
-        rec = self.open.get(run_id)
-        step = rec.current if rec is not None else None
-        if step is not None and not step.timed_first_chunk:
+        step = self._untimed.pop(run_id, None)
+        if step is not None:
             step.timed_first_chunk = True
             ttfc = max(0, _ns(event.received_at) - step.start_ns) / 1e9
-            step.span.set_attribute(sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, ttfc)
+            step.span.attributes[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
 
     def _on_step(self, ex: Exchange, state: StepState, event: RunEvent) -> None:
         rec = self.open.get(state.run_id) if state.run_id else None
@@ -307,16 +321,18 @@ class TracingObserver(Observer):
                 return
             live = state.status not in STEP_TERMINAL
             start_ns = _ns(event.received_at) if live or state.created_at is None else _ns(state.created_at)
-            step = rec.steps[state.step_id] = self._start_step(ex, rec.context, rec.model, rec.provider, state,
+            step = rec.steps[state.step_id] = self._start_step(ex, rec.span, rec.model, rec.provider, state,
                                                                max(start_ns, rec.start_ns))
-        rec.current = step
         if state.status in STEP_TERMINAL:
             self._end_step(rec.done, step, state, max(_ns(event.received_at), step.start_ns))
             del rec.steps[state.step_id]
-            if rec.current is step:
-                rec.current = None
+            self._untimed.pop(state.run_id, None)
+        elif step.timed_first_chunk:
+            self._untimed.pop(state.run_id, None)
+        else:
+            self._untimed[state.run_id] = step
 
-    def _start_step(self, ex: Exchange, parent: Context, model: str | None, provider: str, state: StepState,
+    def _start_step(self, ex: Exchange, parent: SpanRecord, model: str | None, provider: str, state: StepState,
                     start_ns: int) -> _Step:
         attributes: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT, sc.GEN_AI_PROVIDER_NAME: provider,
                                       sc.GEN_AI_RESPONSE_ID: state.step_id, **self._server}
@@ -325,15 +341,14 @@ class TracingObserver(Observer):
             if value:
                 attributes[name] = value
         name = f"{sc.OP_CHAT} {model}" if model else sc.OP_CHAT
-        span = self._tracer.start_span(name, parent, SpanKind.CLIENT, attributes, start_time=start_ns)
-        return _Step(span, start_ns, trace.set_span_in_context(span))
+        return _Step(self._spans.start(name, SpanKind.CLIENT, attributes, start_ns, parent), start_ns)
 
     def _end_step(self, done: set[str], step: _Step, state: StepState, end_ns: int) -> None:
         span = step.span
         _usage(span, state.prompt_tokens, state.completion_tokens)
         if state.status == "completed":
-            span.set_attribute(sc.GEN_AI_RESPONSE_FINISH_REASONS,
-                               ("tool_calls",) if state.type == "tool_calls" else ("stop",))
+            span.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = ("tool_calls",) if state.type == "tool_calls" else (
+                "stop",)
         elif state.status == "failed":
             sc.record_error(span, state.last_error_code or "failed", state.last_error_message)
         elif state.status == "expired":
@@ -343,9 +358,9 @@ class TracingObserver(Observer):
         for call in state.calls_by_index.values():
             if call.type != "function" and call.tool_call_id not in done:
                 # Built-in tools run inside the step on the agent's side: the step's time is theirs.
-                self._tool_span(call, step.context, step.start_ns).end(end_time=end_ns)
+                self._spans.end(self._tool_span(call, span, step.start_ns), end_ns)
                 done.add(call.tool_call_id)
-        span.end(end_time=end_ns)
+        self._spans.end(span, end_ns)
         done.add(state.step_id)
 
     def _late_step(self, ex: Exchange, closed: _Run, state: StepState) -> None:
@@ -354,10 +369,10 @@ class TracingObserver(Observer):
         if state.created_at is None or state.ended_at is None:
             return
         start_ns = _ns(state.created_at)
-        step = self._start_step(ex, closed.context, closed.model, closed.provider, state, start_ns)
+        step = self._start_step(ex, closed.span, closed.model, closed.provider, state, start_ns)
         self._end_step(closed.done, step, state, max(start_ns, _ns(state.ended_at)))
 
-    def _tool_span(self, call: ToolCallState, parent: Context, start_ns: int) -> Span:
+    def _tool_span(self, call: ToolCallState, parent: SpanRecord, start_ns: int) -> SpanRecord:
         name = call.name or call.type or "tool"
         attributes: dict[str, Any] = {sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.GEN_AI_TOOL_NAME: name,
                                       sc.GEN_AI_TOOL_CALL_ID: call.tool_call_id,
@@ -367,8 +382,7 @@ class TracingObserver(Observer):
                 attributes[sc.GEN_AI_TOOL_CALL_ARGUMENTS] = call.arguments
             if call.output is not None:
                 attributes[sc.GEN_AI_TOOL_CALL_RESULT] = call.output
-        return self._tracer.start_span(f"{sc.OP_EXECUTE_TOOL} {name}", parent, SpanKind.INTERNAL, attributes,
-                                       start_time=start_ns)
+        return self._spans.start(f"{sc.OP_EXECUTE_TOOL} {name}", SpanKind.INTERNAL, attributes, start_ns, parent)
 
     def _on_call(self, call: ToolCallState) -> None:
         if call.type != "function" or call.requested_at is None or call.run_id is None:
@@ -379,17 +393,17 @@ class TracingObserver(Observer):
         span = rec.tools.get(call.tool_call_id)
         if span is None:
             step = rec.steps.get(call.step_id) if call.step_id else None
-            parent = step.context if step is not None else rec.context
+            parent = step.span if step is not None else rec.span
             span = rec.tools[call.tool_call_id] = self._tool_span(call, parent, _ns(call.requested_at))
         if call.submitted_at is not None:
             if self._capture and call.output is not None:
-                span.set_attribute(sc.GEN_AI_TOOL_CALL_RESULT, call.output)
-            span.end(end_time=max(_ns(call.submitted_at), _ns(call.requested_at)))
+                span.attributes[sc.GEN_AI_TOOL_CALL_RESULT] = call.output
+            self._spans.end(span, max(_ns(call.submitted_at), _ns(call.requested_at)))
             del rec.tools[call.tool_call_id]
             rec.done.add(call.tool_call_id)
 
-    def _output_content(self, span: Span, state: StepState) -> None:
+    def _output_content(self, span: SpanRecord, state: StepState) -> None:
         run = self._tracker.runs.get(state.run_id) if self._tracker is not None and state.run_id else None
         message = run.messages.get(state.message_id) if run is not None and state.message_id else None
         if message is not None and message.text:
-            span.set_attribute(sc.GEN_AI_OUTPUT_MESSAGES, sc.output_messages(message.text))
+            span.attributes[sc.GEN_AI_OUTPUT_MESSAGES] = sc.output_messages(message.text)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from opentelemetry.trace import Span, Status, StatusCode
+
+from .spans import SpanRecord
 
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.41.0"
 
@@ -71,10 +72,10 @@ def provider_for_path(path: str) -> str:
     return PROVIDER_AZURE_OPENAI if path.startswith("/openai/") else PROVIDER_OPENAI
 
 
-def record_error(span: Span, error_type: str, description: str | None = None) -> None:
+def record_error(span: SpanRecord, error_type: str, description: str | None = None) -> None:
     """Semconv's "recording errors": `error.type` plus an Error status."""
-    span.set_attribute(ERROR_TYPE, error_type)
-    span.set_status(Status(StatusCode.ERROR, description or error_type))
+    span.attributes[ERROR_TYPE] = error_type
+    span.error = description or error_type
 
 
 def exchange_error_type(status: int | None, outcome: str | None) -> str:

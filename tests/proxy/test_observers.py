@@ -1,4 +1,4 @@
-from proxy.exchange import Exchange, Outcome
+from proxy.exchange import Exchange, Outcome, RunEvent, utcnow
 from proxy.observers import Observer, Observers
 from proxy.routes import classify
 from proxy.testing.replay import Capture, replay
@@ -36,3 +36,25 @@ def test_exchange_finished_exactly_once():
     assert not ex.finish(Outcome.COMPLETED)
     assert ex.outcome is Outcome.TRUNCATED
     assert [h for h, _ in capture.calls].count("exchange_finished") == 1
+
+
+def test_hooks_are_called_in_order_inherited_ones_too_and_only_where_defined():
+    calls = []
+
+    class Events(Observer):
+        name = "events"
+
+        def run_event(self, ex, event):
+            calls.append(("events", event.seq))
+
+    class Inherits(Events):  # its run_event is Events': still a hook to call
+        name = "inherits"
+
+        def exchange_finished(self, ex):
+            calls.append(("inherits", "finished"))
+
+    observers = Observers([Events(), Inherits(), Observer()])
+    ex = _exchange()
+    replay(observers, ex, [RunEvent(0, "thread.created", "{}", None, utcnow())])
+    assert calls == [("events", 0), ("events", 0), ("inherits", "finished")]
+    assert [o.name for o, _ in observers._run_event] == ["events", "inherits"]  # the no-op base is skipped
