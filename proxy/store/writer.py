@@ -246,12 +246,17 @@ class Writer:
         stopping = False
         while True:
             items, barriers, shutdown = self._collect(block=not stopping)
+            drained = stopping and not (items or barriers or shutdown)
             stopping = stopping or shutdown
             if items:
                 self._write(items)
+            # Let go of the batch before waiting for the next one (issue #3): kept by this frame,
+            # the last batch's rows (up to batch_max_rows, ~10 MB after a burst) stayed in memory
+            # for as long as the proxy was quiet.
+            del items
             for barrier in barriers:
                 barrier.resolve()
-            if stopping and not (items or barriers or shutdown):
+            if drained:
                 return  # the sentinel was seen and the queue is now empty
 
     def _collect(self, block: bool) -> tuple[list[Item], list[_Flush], bool]:

@@ -5,6 +5,7 @@ import datetime as dt
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -201,6 +202,21 @@ async def test_upserts_merge_across_batches(writer: Writer) -> None:
     assert query(writer, "select name, output, requested_at, submitted_at from tool_calls") == [
         ("get_weather", "ok", at(1), at(4))
     ]
+
+
+async def test_a_written_batch_is_not_kept_while_the_writer_waits(writer: Writer) -> None:
+    # Issue #3: the thread kept its last batch until the next one came, so after a burst up to
+    # batch_max_rows rows (~10 MB) stayed in memory for as long as the proxy was quiet.
+    class Row(dict[str, object]):  # a dict that can be watched with a weak reference
+        pass
+
+    row = Row(event(0))
+    alive = weakref.ref(row)
+    writer.submit("events", row)
+    del row
+    await writer.flush()
+    assert query(writer, "select count(*) from events") == [(1,)]
+    assert alive() is None
 
 
 async def test_batches_respect_batch_max_rows(db_path: Path) -> None:
