@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .admin import admin_token
     from .app import make_app
     from .config import ENV_ADMIN_TOKEN, load_settings, parse_hostport
+    from .malloc import fix_mmap_threshold
 
     overrides = {
         "server": {"upstream": args.upstream, "listen": args.listen, "admin_listen": args.admin_listen},
@@ -40,6 +41,8 @@ def _serve(args: argparse.Namespace) -> int:
             uvloop.install()
         except ImportError:
             pass
+    # Before the writer's first batch: its large buffers then go back to the system when freed.
+    fix_mmap_threshold()
     host, port = parse_hostport(settings.server.listen)
     logging.getLogger("runtap").info("forwarding %s:%d → %s", host, port, settings.server.upstream)
     try:
