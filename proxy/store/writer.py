@@ -4,13 +4,14 @@ Why a thread (datasette's ``_execute_writes``): DuckDB calls block, and nothing 
 may block; a DuckDB connection is not thread-safe, so exactly one thread writes, and other threads
 read through their own ``cursor()``. DuckDB "is optimized for bulk operations", so the thread takes
 whatever is queued (up to ``batch_max_rows``, waiting at most ``batch_interval_s`` for more) and
-writes it in ONE transaction, one ``INSERT ... SELECT`` per table whose rows cross into DuckDB as a
-single JSON document of columns (``_select`` says why). Measured here (2 cores, 600-byte event
-rows, events with their primary key), inserts alone: per-row ``executemany`` ~1,400 rows/s, a
-multi-row ``VALUES`` ~6,000, one list parameter per column (``unnest(?)``) 35-57,000 but ~10 us/row
-under the GIL, the JSON document 45-64,000 with ~1 us/row under the GIL. End to end through
-``submit()`` and ``flush()`` (``scripts/bench_writer.py``): ~57,000 rows/s; at 20,000 rows/s the
-queue stays under ~6,000 rows (about one batch).
+writes it in ONE transaction, one ``INSERT ... SELECT`` per table (per ``_STATEMENT_ROWS`` rows of
+it) whose rows cross into DuckDB as a single JSON document of columns (``_select`` says why).
+Measured here (2 cores, 600-byte event rows, events with their primary key), inserts alone:
+per-row ``executemany`` ~1,400 rows/s, a multi-row ``VALUES`` ~6,000, one list parameter per
+column (``unnest(?)``) 35-57,000 but ~10 us/row under the GIL, the JSON document 45-64,000 with
+~1 us/row under the GIL. End to end through ``submit()`` and ``flush()``
+(``scripts/bench_writer.py``): ~57,000 rows/s; at 20,000 rows/s the queue stays under ~6,000 rows
+(about one batch).
 
 Failure policy: a batch the database refuses is rolled back and appended to the spill file
 (``spill.py``), counted, and the thread goes on with the next batch; ``start()`` replays the spill.
@@ -416,8 +417,22 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("rollback")
 
 
+_STATEMENT_ROWS = 2000
+"""Most rows per INSERT (a batch's rows of one table take as many statements as needed, in its one
+transaction). DuckDB's working memory for a statement grows with its rows (the JSON document, its
+parse, the unnested lists), and its allocator keeps those pages for later statements, so one
+statement for a 10,000-event batch left the process 86 MB larger, 2,000-row statements 38 MB
+(issue #3), at the same CPU per row: appends cost little per statement (upserts ~4-9 ms, but a
+batch rarely has more than 2,000 rows of one upserted table)."""
+
+
 def _write_table(con: duckdb.DuckDBPyConnection, spec: TableSpec, rows: list[Row], replay: bool = False) -> None:
     rows = _merge(spec, rows) if spec.mode == "upsert" else _first_of_each_key(spec, rows)
+    for start in range(0, len(rows), _STATEMENT_ROWS):
+        _insert(con, spec, rows[start:start + _STATEMENT_ROWS], replay)
+
+
+def _insert(con: duckdb.DuckDBPyConnection, spec: TableSpec, rows: list[Row], replay: bool) -> None:
     present: set[str] = set()
     for row in rows:
         present.update(row)
