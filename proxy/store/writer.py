@@ -49,6 +49,7 @@ import duckdb
 import orjson
 
 from proxy.errors import RuntapError
+from proxy.malloc import duckdb_purger
 from proxy.store import spill
 from proxy.store.migrations import MERGE_RULES, TableSpec, migrate, table_specs
 from proxy.store.spill import Item, ReplayReport, Row
@@ -118,6 +119,7 @@ class Writer:
         self._cursor_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._specs: dict[str, TableSpec] = {}
+        self._purge: Callable[[], bool] | None = None
         self._closed = False
         self._last_batch_ok = True
         self.rows_written_total = 0
@@ -154,6 +156,7 @@ class Writer:
         if orphans:
             log.warning("%d exchanges of an earlier process never ended (it was killed): recorded as truncated",
                         orphans)
+        self._purge = duckdb_purger()
         self._thread = threading.Thread(target=self._run, name="runtap-writer", daemon=False)
         self._thread.start()
         return report
@@ -249,7 +252,8 @@ class Writer:
             items, barriers, shutdown = self._collect(block=not stopping)
             drained = stopping and not (items or barriers or shutdown)
             stopping = stopping or shutdown
-            if items:
+            wrote = bool(items)
+            if wrote:
                 self._write(items)
             # Let go of the batch before waiting for the next one (issue #3): kept by this frame,
             # the last batch's rows (up to batch_max_rows, ~10 MB after a burst) stayed in memory
@@ -257,6 +261,10 @@ class Writer:
             del items
             for barrier in barriers:
                 barrier.resolve()
+            if wrote and self._purge is not None:
+                # What the batch's statements used goes back to the system now (proxy/malloc.py),
+                # after the barriers: flush() does not wait for it.
+                self._purge()
             if drained:
                 return  # the sentinel was seen and the queue is now empty
 

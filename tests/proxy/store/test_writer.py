@@ -221,6 +221,28 @@ async def test_a_written_batch_is_not_kept_while_the_writer_waits(writer: Writer
     assert alive() is None
 
 
+async def test_the_writer_purges_duckdbs_allocator_after_each_batch_it_wrote(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue #3: the pages a batch's statements used go back to the system (proxy/malloc.py).
+    purges: list[int] = []
+    monkeypatch.setattr(writer_module, "duckdb_purger", lambda: lambda: purges.append(1) or True)
+    w = Writer(db_path)
+    w.start()
+    try:
+        await w.flush()  # nothing written: nothing to purge
+        assert purges == []
+        w.submit("events", event(0))
+        await w.flush()
+        for _ in range(100):  # the purge follows the barrier, on the writer thread
+            if purges:
+                break
+            await asyncio.sleep(0.01)
+        assert purges == [1]
+    finally:
+        w.close()
+
+
 async def test_batches_respect_batch_max_rows(db_path: Path) -> None:
     w = Writer(db_path, batch_max_rows=7, batch_interval_s=0.001)
     w.start()
