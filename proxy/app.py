@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -27,9 +29,13 @@ from .recorder import Recorder
 from .runs import RunTracker
 from .store.migrations import set_prices
 from .store.writer import Writer
-from .tracing import Tracing, make_tracing, tracing_cleanup
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 log = logging.getLogger("runtap")
+# Where tracing.traces_endpoint() finds an endpoint besides [telemetry] otlp_endpoint: keep in step.
+TRACES_ENDPOINT_ENV = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 @dataclass(slots=True)
@@ -60,6 +66,17 @@ class Parts:
 
 
 PARTS = web.AppKey("parts", Parts)
+
+
+def make_tracing(settings: Settings, tracker: RunTracker, *, registry: CollectorRegistry) -> Tracing | None:
+    """`tracing.make_tracing`, imported only when an endpoint is configured (issue #3): the
+    OpenTelemetry SDK and its OTLP exporter cost ~4 MB of RSS to import, and without an endpoint
+    tracing builds nothing anyway."""
+    if not (settings.telemetry.otlp_endpoint or any(os.environ.get(name) for name in TRACES_ENDPOINT_ENV)):
+        return None
+    from .tracing import make_tracing as make
+
+    return make(settings, tracker, registry=registry)
 
 
 async def _finish_inflight(tasks: set[asyncio.Task[web.StreamResponse]], grace_s: float) -> None:
@@ -170,6 +187,10 @@ def make_app(
     # thread runs (aiohttp does not clean up earlier startup steps when a later one fails).
     # budgets.cleanup() before upstream_session: its teardown (awaiting budget cancels) runs after
     # the exchanges in flight ended and the session closed, so no cancel can start after it.
-    app.cleanup_ctx.extend([tracing_cleanup(tracing), admin_listener, recording, budgets.ticker(),
+    if tracing is not None:
+        from .tracing import tracing_cleanup  # loaded already: make_tracing built it
+
+        app.cleanup_ctx.append(tracing_cleanup(tracing))
+    app.cleanup_ctx.extend([admin_listener, recording, budgets.ticker(),
                             budgets.sighup(reload, writer.cursor), budgets.cleanup(), upstream_session])
     return app

@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import make_app
     from .config import ENV_ADMIN_TOKEN, load_settings, parse_hostport
     from .gc_policy import settle_after_startup
+    from .malloc import fix_mmap_threshold
 
     overrides = {
         "server": {"upstream": args.upstream, "listen": args.listen, "admin_listen": args.admin_listen},
@@ -41,6 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
             uvloop.install()
         except ImportError:
             pass
+    # Before the writer's first batch: its large buffers then go back to the system when freed.
+    fix_mmap_threshold()
     host, port = parse_hostport(settings.server.listen)
     logging.getLogger("runtap").info("forwarding %s:%d → %s", host, port, settings.server.upstream)
     # SIGHUP re-reads the same file with the same flags: [budgets] (and [prices]) apply live.

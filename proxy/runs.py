@@ -23,6 +23,7 @@ import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from sys import intern
 from typing import Any
 
 import orjson
@@ -55,6 +56,13 @@ def _ts(value: Any) -> datetime | None:
 @functools.lru_cache(maxsize=4096)
 def _ts_of_int(value: int) -> datetime:
     return datetime.fromtimestamp(value, UTC)
+
+
+def _one(value: Any) -> Any:
+    """A status, type, role, model or assistant id as the one string object of its value: each parse
+    makes new copies, kept for up to max_runs runs (issue #3). Not ids unique to a run: the intern
+    table's entries would cost about what sharing them saves."""
+    return intern(value) if type(value) is str else value
 
 
 def _moves(table: dict[str, frozenset[str]], old: str | None, new: Any) -> bool:
@@ -255,8 +263,8 @@ class RunTracker:
         run.key_id = run.key_id or seen.key_id
         run.trace_id = run.trace_id or seen.trace_id
         run.thread_id = obj.get("thread_id") or run.thread_id
-        run.assistant_id = obj.get("assistant_id") or run.assistant_id
-        run.model = obj.get("model") or run.model
+        run.assistant_id = _one(obj.get("assistant_id")) or run.assistant_id
+        run.model = _one(obj.get("model")) or run.model
         run.created_at = _ts(obj.get("created_at")) or run.created_at
         run.started_at = _ts(obj.get("started_at")) or run.started_at
         run.expires_at = _ts(obj.get("expires_at")) or run.expires_at
@@ -274,7 +282,7 @@ class RunTracker:
             run.total_tokens = usage.get("total_tokens", run.total_tokens)
         if status == "requires_action" and run.status != "requires_action":
             changed.extend(self._required_action(run, obj, seen.at))
-        run.status = status
+        run.status = _one(status)
         error = obj.get("last_error")
         if isinstance(error, dict):
             run.last_error_code = error.get("code")
@@ -322,9 +330,10 @@ class RunTracker:
     def _step(self, step_id: str, run_id: str | None) -> StepState:
         step = self._steps.get(step_id)
         if step is None:
-            step = self._steps[step_id] = StepState(step_id, run_id)
-            if run_id is not None:
-                self.run(run_id).steps[step_id] = step
+            run = None if run_id is None else self.run(run_id)
+            step = self._steps[step_id] = StepState(step_id, None if run is None else run.run_id)
+            if run is not None:
+                run.steps[step_id] = step
         return step
 
     def _apply_step(self, obj: dict[str, Any], seen: Seen) -> list[State]:
@@ -334,14 +343,14 @@ class RunTracker:
         step = self._step(step_id, obj.get("run_id"))
         step.run_id = step.run_id or obj.get("run_id")
         step.thread_id = obj.get("thread_id") or step.thread_id
-        step.type = obj.get("type") or step.type
+        step.type = _one(obj.get("type")) or step.type
         step.first_seen_at = step.first_seen_at or seen.at
         step.last_seen_at = seen.at
         step.created_at = _ts(obj.get("created_at")) or step.created_at
         changed: list[State] = [step]
         status = obj.get("status")
         if _moves(STEP_TRANSITIONS, step.status, status):
-            step.status = status
+            step.status = _one(status)
             if status in STEP_TERMINAL and step.ended_at is None:
                 step.ended_at = (
                     _ts(obj.get("completed_at")) or _ts(obj.get("failed_at"))
@@ -404,9 +413,9 @@ class RunTracker:
     def _apply_message(self, obj: dict[str, Any]) -> MessageState:
         message = self._message(obj.get("id"), obj.get("run_id"))  # type: ignore[arg-type]
         message.thread_id = obj.get("thread_id") or message.thread_id
-        message.assistant_id = obj.get("assistant_id") or message.assistant_id
-        message.role = obj.get("role") or message.role
-        message.status = obj.get("status") or message.status
+        message.assistant_id = _one(obj.get("assistant_id")) or message.assistant_id
+        message.role = _one(obj.get("role")) or message.role
+        message.status = _one(obj.get("status")) or message.status
         message.created_at = _ts(obj.get("created_at")) or message.created_at
         message.completed_at = _ts(obj.get("completed_at")) or message.completed_at
         details = obj.get("incomplete_details")
@@ -424,9 +433,11 @@ class RunTracker:
     def _message(self, message_id: str, run_id: str | None) -> MessageState:
         message = self._messages.get(message_id)
         if message is None:
-            message = self._messages[message_id] = MessageState(message_id, run_id=run_id)
-            if run_id is not None:
-                self.run(run_id).messages[message_id] = message
+            run = None if run_id is None else self.run(run_id)
+            owner = None if run is None else run.run_id  # the run's copy of the id: one string, not two
+            message = self._messages[message_id] = MessageState(message_id, run_id=owner)
+            if run is not None:
+                run.messages[message_id] = message
         message.run_id = message.run_id or run_id
         return message
 

@@ -8,11 +8,12 @@ in step; tests/proxy/test_semconv.py checks each name against the installed semc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .spans import SpanRecord
+if TYPE_CHECKING:  # spans imports the OpenTelemetry SDK, which metrics (importing this) must not pay for
+    from .spans import SpanRecord
 
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.41.0"
 

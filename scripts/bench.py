@@ -110,7 +110,7 @@ def memory_kb(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0])
     return out
 
@@ -595,8 +595,9 @@ class Bench:
                 held = (await resp.json())["held"]
             samples = []
             for _ in range(10):
-                samples.append(memory_kb(pid)["VmRSS"])
+                samples.append(memory_kb(pid))
                 await asyncio.sleep(0.1)
+            top = max(samples, key=lambda m: m["VmRSS"])
             fds = open_fds(pid)
             async with session.post(self.upstream.url + "/bench/release") as resp:
                 await resp.read()
@@ -607,7 +608,8 @@ class Bench:
         return {
             **base, "streams": n, "opened": opened, "held_by_upstream": held, "open_s": open_s,
             "completed": s.ok, "errors": s.errors, "error_examples": s.error_examples,
-            "rss_open_max_mb": max(samples) / 1024, "fds_open": fds, "total_s": done_s, "drain_s": drain,
+            "rss_open_max_mb": top["VmRSS"] / 1024, "rss_open_file_mb": top["RssFile"] / 1024, "fds_open": fds,
+            "total_s": done_s, "drain_s": drain,
             "rss_after_mb": mem["VmRSS"] / 1024, "rss_peak_mb": mem["VmHWM"] / 1024 if peak_ok else None,
             "other_load_cores": other.cores(),
         }
@@ -928,7 +930,8 @@ def render(r: dict[str, Any]) -> str:
         lines += ["", f"### {o['streams']:,} streams open at once", "",
                   f"All {o['opened']:,} streams had their first events after {o['open_s']:.1f} s (upstream holding "
                   f"{o['held_by_upstream']:,}); proxy RSS {o['rss_before_mb']:.1f} MB before, "
-                  f"{o['rss_open_max_mb']:.1f} MB max while open ({o['fds_open']:,} fds; "
+                  f"{o['rss_open_max_mb']:.1f} MB max while open (of which {o['rss_open_file_mb']:.1f} MB file-backed: "
+                  f"library code; {o['fds_open']:,} fds; "
                   f"{(o['rss_open_max_mb'] - o['rss_before_mb']) * 1024 / o['streams']:.1f} KB per open stream), "
                   f"peak {fmt(o['rss_peak_mb'], ' MB', 1)} while they completed and were recorded, "
                   f"{o['rss_after_mb']:.1f} MB after; all done {o['total_s']:.1f} s after the first was opened. "

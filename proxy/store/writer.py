@@ -4,13 +4,14 @@ Why a thread (datasette's ``_execute_writes``): DuckDB calls block, and nothing 
 may block; a DuckDB connection is not thread-safe, so exactly one thread writes, and other threads
 read through their own ``cursor()``. DuckDB "is optimized for bulk operations", so the thread takes
 whatever is queued (up to ``batch_max_rows``, waiting at most ``batch_interval_s`` for more) and
-writes it in ONE transaction, one ``INSERT ... SELECT`` per table whose rows cross into DuckDB as a
-single JSON document of columns (``_select`` says why). Measured here (2 cores, 600-byte event
-rows, events with their primary key), inserts alone: per-row ``executemany`` ~1,400 rows/s, a
-multi-row ``VALUES`` ~6,000, one list parameter per column (``unnest(?)``) 35-57,000 but ~10 us/row
-under the GIL, the JSON document 45-64,000 with ~1 us/row under the GIL. End to end through
-``submit()`` and ``flush()`` (``scripts/bench_writer.py``): ~57,000 rows/s; at 20,000 rows/s the
-queue stays under ~6,000 rows (about one batch).
+writes it in ONE transaction, one ``INSERT ... SELECT`` per table (per ``_STATEMENT_ROWS`` rows of
+it) whose rows cross into DuckDB as a single JSON document of columns (``_select`` says why).
+Measured here (2 cores, 600-byte event rows, events with their primary key), inserts alone:
+per-row ``executemany`` ~1,400 rows/s, a multi-row ``VALUES`` ~6,000, one list parameter per
+column (``unnest(?)``) 35-57,000 but ~10 us/row under the GIL, the JSON document 45-64,000 with
+~1 us/row under the GIL. End to end through ``submit()`` and ``flush()``
+(``scripts/bench_writer.py``): ~57,000 rows/s; at 20,000 rows/s the queue stays under ~6,000 rows
+(about one batch).
 
 Failure policy: a batch the database refuses is rolled back and appended to the spill file
 (``spill.py``), counted, and the thread goes on with the next batch; ``start()`` replays the spill.
@@ -56,6 +57,7 @@ import duckdb
 import orjson
 
 from proxy.errors import RuntapError
+from proxy.malloc import duckdb_purger
 from proxy.store import spill
 from proxy.store.migrations import MERGE_RULES, TableSpec, migrate, table_specs
 from proxy.store.spill import Item, ReplayReport, Row
@@ -133,6 +135,7 @@ class Writer:
         self._cursor_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._specs: dict[str, TableSpec] = {}
+        self._purge: Callable[[], bool] | None = None
         self._closed = False
         self._last_batch_ok = True
         self.rows_written_total = 0
@@ -169,6 +172,7 @@ class Writer:
         if orphans:
             log.warning("%d exchanges of an earlier process never ended (it was killed): recorded as truncated",
                         orphans)
+        self._purge = duckdb_purger()
         self._thread = threading.Thread(target=self._run, name="runtap-writer", daemon=False)
         self._thread.start()
         return report
@@ -292,12 +296,22 @@ class Writer:
         stopping = False
         while True:
             items, events, barriers, shutdown = self._collect(block=not stopping)
+            drained = stopping and not (items or events or barriers or shutdown)
             stopping = stopping or shutdown
-            if items or events:
+            wrote = bool(items or events)
+            if wrote:
                 self._write(items, events)
+            # Let go of the batch before waiting for the next one (issue #3): kept by this frame,
+            # the last batch's rows (up to batch_max_rows, ~10 MB after a burst) stayed in memory
+            # for as long as the proxy was quiet.
+            del items, events
             for barrier in barriers:
                 barrier.resolve()
-            if stopping and not (items or events or barriers or shutdown):
+            if wrote and self._purge is not None:
+                # What the batch's statements used goes back to the system now (proxy/malloc.py),
+                # after the barriers: flush() does not wait for it.
+                self._purge()
+            if drained:
                 return  # the sentinel was seen and the queue is now empty
 
     def _collect(self, block: bool) -> tuple[list[Item], list[EventRow], list[_Flush], bool]:
@@ -458,8 +472,9 @@ def write_batch(
     try:
         for table, rows in by_table.items():
             _write_table(con, specs[table], rows, replay)
-        if events:
-            _write_columns(con, specs["events"], dict(zip(EVENT_COLUMNS, zip(*events, strict=True), strict=True)))
+        for start in range(0, len(events), _STATEMENT_ROWS):
+            columns = zip(*events[start:start + _STATEMENT_ROWS], strict=True)
+            _write_columns(con, specs["events"], dict(zip(EVENT_COLUMNS, columns, strict=True)))
         con.execute("commit")
     except Exception:
         _rollback(con)
@@ -472,8 +487,22 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("rollback")
 
 
+_STATEMENT_ROWS = 2000
+"""Most rows per INSERT (a batch's rows of one table take as many statements as needed, in its one
+transaction). DuckDB's working memory for a statement grows with its rows (the JSON document, its
+parse, the unnested lists), and its allocator keeps those pages for later statements, so one
+statement for a 10,000-event batch left the process 86 MB larger, 2,000-row statements 38 MB
+(issue #3), at the same CPU per row: appends cost little per statement (upserts ~4-9 ms, but a
+batch rarely has more than 2,000 rows of one upserted table)."""
+
+
 def _write_table(con: duckdb.DuckDBPyConnection, spec: TableSpec, rows: list[Row], replay: bool = False) -> None:
     rows = _merge(spec, rows) if spec.mode == "upsert" else _first_of_each_key(spec, rows)
+    for start in range(0, len(rows), _STATEMENT_ROWS):
+        _insert(con, spec, rows[start:start + _STATEMENT_ROWS], replay)
+
+
+def _insert(con: duckdb.DuckDBPyConnection, spec: TableSpec, rows: list[Row], replay: bool) -> None:
     present: set[str] = set()
     for row in rows:
         present.update(row)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,12 +22,15 @@ import pytest
 from aiohttp import web
 from openai import AsyncOpenAI
 
-from proxy.app import PARTS, Parts, make_app
+from proxy import tracing
+from proxy.app import PARTS, TRACES_ENDPOINT_ENV, Parts, make_app
 from proxy.config import Settings
 from proxy.testing.faults import Fault
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
 from tests.processes import connection_refused, query, recording_files
+
+ROOT = Path(__file__).parents[2]
 
 
 @dataclass
@@ -201,3 +207,38 @@ def test_metrics_false_takes_the_metrics_observer_off_the_stream(tmp_path: Path)
 
     assert observer_names() == ["recorder", "metrics", "budgets"]
     assert observer_names(metrics=False) == ["recorder", "budgets"]
+
+
+# Issue #3: the OpenTelemetry SDK and its OTLP exporter cost ~4 MB of RSS; without an endpoint
+# make_app does not import them at all (a fresh interpreter, since this one has them loaded).
+NO_TRACING = """
+import sys
+from proxy.app import PARTS, make_app
+from proxy.config import Settings
+app = make_app(Settings.model_validate({"recorder": {"db": sys.argv[1]}}))
+heavy = ("proxy.tracing", "opentelemetry.sdk", "opentelemetry.exporter")
+loaded = sorted(m for m in sys.modules if m.startswith(heavy))
+print(app[PARTS].tracing, loaded)
+"""
+
+
+def test_without_a_traces_endpoint_the_tracing_sdk_is_not_even_imported(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNTAP_", "OTEL_"))}
+    result = subprocess.run([sys.executable, "-c", NO_TRACING, str(tmp_path / "r.duckdb")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.split() == ["None", "[]"]
+
+
+@pytest.mark.parametrize("source", ["otlp_endpoint", *TRACES_ENDPOINT_ENV])
+async def test_every_source_of_a_traces_endpoint_still_builds_tracing(tmp_path: Path, monkeypatch, source) -> None:
+    for name in (tracing.ENV_TRACES_ENDPOINT, tracing.ENV_ENDPOINT, tracing.ENV_SDK_DISABLED):
+        monkeypatch.delenv(name, raising=False)
+    telemetry = {"otlp_endpoint": "http://127.0.0.1:4318"} if source == "otlp_endpoint" else {}
+    if source != "otlp_endpoint":
+        monkeypatch.setenv(source, "http://127.0.0.1:4318")
+    settings = Settings.model_validate({"recorder": {"db": str(tmp_path / "r.duckdb")}, "telemetry": telemetry})
+    built = make_app(settings)[PARTS].tracing
+    assert built is not None
+    await built.close()
+    # The names make_tracing() checks before importing tracing are the ones tracing reads.
+    assert {tracing.ENV_TRACES_ENDPOINT, tracing.ENV_ENDPOINT} == set(TRACES_ENDPOINT_ENV)

@@ -168,6 +168,17 @@ def test_serve_uses_the_env_admin_token_and_writes_no_file(tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path)) == ["runtap.toml"]
 
 
+def test_serve_fixes_the_mmap_threshold_before_it_serves(tmp_path, monkeypatch, served):
+    # Issue #3: the writer's freed batch buffers must go back to the system (proxy/malloc.py).
+    calls: list[int] = []
+    monkeypatch.setattr("proxy.malloc.fix_mmap_threshold", lambda: calls.append(len(served)) or True)
+    config = tmp_path / "runtap.toml"
+    config.write_text("[server]\nuvloop = false\n")
+    assert main(["serve", "--config", str(config), "--db", "x.duckdb"]) == 0
+    assert calls == [0]  # once, before run_app
+    assert len(served) == 1
+
+
 # -- serve: refused configurations ----------------------------------------------------------------------
 
 BAD_CONFIGS = {
