@@ -35,6 +35,7 @@ from proxy import gc_policy  # after the path tweak, to run from a checkout
 from proxy.app import PARTS, Parts, make_app
 from proxy.config import Settings
 from proxy.exchange import Exchange, Outcome
+from proxy.observers import Observers
 from proxy.routes import classify
 from proxy.tap import Tap
 
@@ -45,13 +46,14 @@ BODY = json.dumps(bench_upstream.STREAM_REQUEST).encode()
 class Replayer:
     def __init__(self, parts: Parts, frames: list[bytes]) -> None:
         self.parts = parts
+        self.observers = parts.observers
         self.frames = frames
         self.counter = itertools.count()
 
     def run(self) -> None:
         """One streamed run through the tap, as forward.py and tap.DeferredTap drive it."""
         token = f"LOOP{next(self.counter):016d}".encode()
-        observers, tracker = self.parts.observers, self.parts.tracker
+        observers, tracker = self.observers, self.parts.tracker
         ex = Exchange(classify("POST", PATH), "POST", PATH, "", "sha256:0123456789abcdef", BODY)
         ex.t_sent = time.perf_counter()
         observers.exchange_started(ex)
@@ -83,17 +85,17 @@ async def main(runs: int, repeat: int) -> None:
                                             "recorder": {"db": str(Path(tmp) / "unused.duckdb")}})
         parts = make_app(settings)[PARTS]
         replayer = Replayer(parts, frames)
-        every = parts.observers._observers
+        every = parts.observers._observers  # recorder, metrics, budgets
         print(f"{len(frames)} events, {sum(map(len, frames)):,} bytes per run; {runs:,} runs, best of {repeat}")
         print("| observers | GC | loop CPU per run |")
         print("|---|---|---|")
         gc.disable()  # the observer rows measure the work itself
         for label, chosen in (("tap alone", ()), ("+ recorder", every[:1]), ("+ metrics", every[:2]),
                               ("+ budgets (all)", every)):
-            parts.observers._observers = tuple(chosen)
+            replayer.observers = Observers(chosen)
             best = min([await replayer.cpu_per_run(runs) for _ in range(repeat)])
             print(f"| {label} | off | {best:.0f} us |")
-        parts.observers._observers = every
+        replayer.observers = parts.observers
         gc.enable()
         for _ in range(2 * runs):  # a running proxy tracks runs: the collector has an old generation to scan
             replayer.run()
