@@ -30,6 +30,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -37,8 +38,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from proxy import tracing as tracing_module
 from proxy.admin import make_admin_app
 from proxy.config import Settings
+from proxy.otlp_http import OtlpHttpExporter
 from proxy.testing.scripts import Outcome, Script
 from tests.conftest import KEY_ID, RAW_KEY
 from tests.e2e.test_proxy_sdk import WEATHER_TOOL, _tool_conversation
@@ -257,8 +260,21 @@ def _attributes(span: Span) -> dict[str, Any]:
     return {a.key: plain(a.value) for a in span.attributes}
 
 
-async def test_otlp_export_of_a_tool_run_across_requires_action(fake, client, parts, recorded, receiver):
+@pytest.fixture(params=["runtap", "sdk"])
+def exporter(request, monkeypatch) -> str:
+    """Which OTLP/HTTP exporter posts the spans: runtap's own (the default), or the SDK's
+    OTLPSpanExporter, which runtap uses when a credential provider or an HTTP proxy needs it."""
+    if request.param == "sdk":
+        monkeypatch.setattr(tracing_module, "_needs_sdks_exporter", lambda endpoint, env: True)
+    return request.param
+
+
+async def test_otlp_export_of_a_tool_run_across_requires_action(exporter, fake, client, parts, recorded, receiver):
     rec, _ = receiver
+    assert parts.tracing is not None
+    expected = OTLPSpanExporter if exporter == "sdk" else OtlpHttpExporter
+    inner = parts.tracing.exporter.inner
+    assert isinstance(getattr(inner, "inner", inner), expected)
     traceparent = f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"
     _, outputs, final = await _tool_conversation(
         client.with_options(default_headers={"traceparent": traceparent}), fake, Script.tool_then_text())
