@@ -145,6 +145,7 @@ def make_app(
             await asyncio.to_thread(writer.close)
             raise
         yield
+        writer.hand_over_events()  # on the loop, whose list it is; then close() drains the queue
         await asyncio.to_thread(writer.close)
 
     async def upstream_session(app: web.Application) -> AsyncIterator[None]:

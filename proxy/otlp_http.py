@@ -114,7 +114,9 @@ class OtlpHttpExporter:
                 self._ssl = self._tls_context(env)
             self._usable = True
         except (ValueError, OSError) as error:  # ssl.SSLError is an OSError
-            log.error("OTLP traces endpoint %r unusable (%s): spans will be dropped", endpoint, error)
+            # The host only: a URL may carry user:password@.
+            log.error("OTLP traces endpoint on %r unusable (%s): spans will be dropped", urlsplit(endpoint).hostname,
+                      error)
             self._usable = False
 
     @staticmethod
@@ -128,8 +130,8 @@ class OtlpHttpExporter:
         return context
 
     def export(self, spans: Sequence[SpanRecord]) -> bool:
-        if not self._usable:
-            return False
+        if not self._usable or self._stopping.is_set():
+            return False  # shut down: a batch still queued is not worth a connection and a timeout
         body = self._encoder.encode(spans)
         if self._compress is not None:
             body = self._compress(body)

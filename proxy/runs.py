@@ -59,9 +59,10 @@ def _ts_of_int(value: int) -> datetime:
 
 
 def _one(value: Any) -> Any:
-    """A status, type, role, model or assistant id as the one string object of its value: each parse
-    makes new copies, kept for up to max_runs runs (issue #3). Not ids unique to a run: the intern
-    table's entries would cost about what sharing them saves."""
+    """A status, type, role or model as the one string object of its value: each parse makes new
+    copies, kept for up to max_runs runs (issue #3). Only values of small sets: not ids unique to a
+    run (the intern table's entries would cost about what sharing them saves), nor assistant ids
+    (CPython 3.12 keeps interned strings for the life of the process, and tenants are unbounded)."""
     return intern(value) if type(value) is str else value
 
 
@@ -263,7 +264,7 @@ class RunTracker:
         run.key_id = run.key_id or seen.key_id
         run.trace_id = run.trace_id or seen.trace_id
         run.thread_id = obj.get("thread_id") or run.thread_id
-        run.assistant_id = _one(obj.get("assistant_id")) or run.assistant_id
+        run.assistant_id = obj.get("assistant_id") or run.assistant_id
         run.model = _one(obj.get("model")) or run.model
         run.created_at = _ts(obj.get("created_at")) or run.created_at
         run.started_at = _ts(obj.get("started_at")) or run.started_at
@@ -413,7 +414,7 @@ class RunTracker:
     def _apply_message(self, obj: dict[str, Any]) -> MessageState:
         message = self._message(obj.get("id"), obj.get("run_id"))  # type: ignore[arg-type]
         message.thread_id = obj.get("thread_id") or message.thread_id
-        message.assistant_id = _one(obj.get("assistant_id")) or message.assistant_id
+        message.assistant_id = obj.get("assistant_id") or message.assistant_id
         message.role = _one(obj.get("role")) or message.role
         message.status = _one(obj.get("status")) or message.status
         message.created_at = _ts(obj.get("created_at")) or message.created_at

@@ -173,9 +173,11 @@ class SpanExport:
             if self._thread.is_alive():
                 # Still exporting (a collector that keeps failing, retried): stop its retries and
                 # give up on the rest rather than hold the shutdown.
-                self.dropped += len(self._queue)
+                queued = len(self._queue)
+                self._queue.clear()  # dropped means not exported later either, when the busy export returns
+                self.dropped += queued
                 log.warning("span export still busy after %.0f s at shutdown; %d queued spans dropped",
-                            SHUTDOWN_JOIN_S, len(self._queue))
+                            SHUTDOWN_JOIN_S, queued)
                 self._exporter.shutdown()
                 return
         self._export_queued()

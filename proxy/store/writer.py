@@ -80,6 +80,7 @@ _SHUTDOWN = object()
 EVENT_COLUMNS = ("request_id", "seq", "event", "data", "received_at", "run_id", "raw")
 """The values of a ``submit_event()`` tuple, in order: the ``events`` table's columns."""
 EventRow = tuple[object, ...]
+_EVENT_WIDTH = len(EVENT_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -181,8 +182,10 @@ class Writer:
         """Drain the queue, commit, close the connection, join the thread. Idempotent. Blocks."""
         if self._closed:
             return
+        # Before _closed: handed over, the loop's pending events are written, not spilled. app.py's
+        # recording step hands them over on the loop first; this catches a caller that did not.
+        self.hand_over_events()
         self._closed = True
-        self._hand_over_events()  # the loop has stopped submitting by now (app.py's recording step)
         if self._thread is not None:
             self._queue.put_nowait(_SHUTDOWN)
             self._thread.join(timeout)
@@ -207,7 +210,13 @@ class Writer:
 
     def submit_event(self, row: EventRow) -> None:
         """Queue one ``events`` row, its values in ``EVENT_COLUMNS`` order. Never blocks. From the
-        event loop (or a thread with no loop running, where it is queued at once)."""
+        event loop only (or, in a program without one, a single thread: it is then queued at once)."""
+        if len(row) != _EVENT_WIDTH:  # a recorder bug: never let it fail the batch it would join
+            self.write_errors_total += 1
+            self.last_error = f"events: a row of {len(row)} values, not {_EVENT_WIDTH}"
+            log.error("invalid events row spilled: %s", self.last_error)
+            self._spill([_event_item(row)])
+            return
         if self._closed:
             self._spill([_event_item(row)])
             return
@@ -215,12 +224,13 @@ class Writer:
         events.append(row)
         if len(events) == 1:
             try:
-                asyncio.get_running_loop().call_soon(self._hand_over_events)
+                asyncio.get_running_loop().call_soon(self.hand_over_events)
             except RuntimeError:  # no loop in this thread: nothing would call it later
-                self._hand_over_events()
+                self.hand_over_events()
 
-    def _hand_over_events(self) -> None:
-        """This turn's event rows to the thread, as one queue entry."""
+    def hand_over_events(self) -> None:
+        """This turn's event rows to the thread, as one queue entry (the loop calls it at the end of
+        each turn in which events were submitted, and before closing the writer)."""
         events = self._events
         if not events:
             return
@@ -233,7 +243,7 @@ class Writer:
 
     async def flush(self) -> None:
         """Resolve once every row submitted before this call is committed or spilled."""
-        self._hand_over_events()
+        self.hand_over_events()
         if self._closed:
             return  # close() drained everything
         if self._thread is None or not self._thread.is_alive():
@@ -416,7 +426,7 @@ class Writer:
 
 def _event_item(row: EventRow) -> Item:
     """An events-lane tuple as a row like any other (for the spill)."""
-    return "events", dict(zip(EVENT_COLUMNS, row, strict=True))
+    return "events", dict(zip(EVENT_COLUMNS, row, strict=False))  # lenient: a malformed row is still spilled
 
 
 ORPHANED = "the proxy stopped before the exchange ended (killed, or it crashed)"

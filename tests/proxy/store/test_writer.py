@@ -591,3 +591,27 @@ async def test_batches_with_the_events_lane_respect_batch_max_rows(
         assert sum(sizes) == 20 and max(sizes) <= 13
     finally:
         w.close()
+
+
+async def test_events_submitted_in_the_turn_the_writer_closes_are_written_not_spilled(db_path: Path) -> None:
+    w = Writer(db_path)
+    w.start()
+    w.submit_event(lane(0))
+    w.close()  # before the loop's hand-over callback ran
+    assert (w.rows_written_total, w.spilled_rows_total) == (1, 0)
+    w2 = Writer(db_path)
+    w2.start()
+    try:
+        assert query(w2, "select seq from events") == [(0,)]
+    finally:
+        w2.close()
+
+
+async def test_an_events_row_of_the_wrong_width_is_spilled_and_fails_nothing_else(writer: Writer) -> None:
+    writer.submit_event(lane(0)[:-1])  # a recorder bug
+    writer.submit_event(lane(1))
+    await writer.flush()
+    assert query(writer, "select seq from events") == [(1,)]
+    assert (writer.rows_written_total, writer.spilled_rows_total, writer.write_errors_total) == (1, 1, 1)
+    assert writer.last_error == "events: a row of 6 values, not 7"
+    assert writer.healthy
