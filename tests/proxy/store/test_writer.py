@@ -267,9 +267,9 @@ async def test_invalid_rows_are_spilled_without_failing_their_batch(writer: Writ
     assert len(writer.spill_path.read_bytes().splitlines()) == 3
 
 
-async def test_a_write_failure_spills_the_batch_and_the_writer_goes_on(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def failing(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """While set, every batch the writer writes fails as on a full disk."""
     failing = threading.Event()
     real = writer_module.write_batch
 
@@ -279,6 +279,10 @@ async def test_a_write_failure_spills_the_batch_and_the_writer_goes_on(
         real(*args, **kwargs)  # type: ignore[arg-type]  # the real arguments, passed through
 
     monkeypatch.setattr(writer_module, "write_batch", flaky)
+    return failing
+
+
+async def test_a_write_failure_spills_the_batch_and_the_writer_goes_on(db_path: Path, failing: threading.Event) -> None:
     w = Writer(db_path)
     w.start()
     try:
@@ -533,17 +537,8 @@ def test_events_lane_without_a_running_loop_queues_at_once(writer: Writer) -> No
 
 
 async def test_events_lane_rows_of_a_failed_batch_are_spilled_and_replayed_once(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
+    db_path: Path, failing: threading.Event
 ) -> None:
-    real = writer_module.write_batch
-    failing = threading.Event()
-
-    def flaky(*args: object, **kwargs: object) -> None:
-        if failing.is_set():
-            raise duckdb.IOException("injected: disk full")
-        real(*args, **kwargs)  # type: ignore[arg-type]  # the real arguments, passed through
-
-    monkeypatch.setattr(writer_module, "write_batch", flaky)
     w = Writer(db_path)
     w.start()
     try:
