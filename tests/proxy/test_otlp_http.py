@@ -109,6 +109,21 @@ async def test_a_connection_the_server_closed_is_reopened(aiohttp_server):
     assert len(receiver.requests) == 3 and receiver.requests[0][2] is not receiver.requests[1][2]
 
 
+async def test_nothing_is_posted_after_shutdown(aiohttp_server):
+    receiver = Receiver()
+    exporter = OtlpHttpExporter(await _serve(aiohttp_server, receiver), ENCODER, {})
+    exporter.shutdown()
+    assert not await asyncio.to_thread(exporter.export, SPANS)  # a batch still queued at shutdown
+    assert receiver.requests == []
+
+
+def test_an_unusable_endpoint_is_logged_without_its_credentials(caplog):
+    exporter = OtlpHttpExporter("http://user:s3cret@collector:port/v1/traces", ENCODER, {})
+    assert not exporter.export(SPANS)
+    assert "collector" in caplog.text and "s3cret" not in caplog.text and "user" not in caplog.text
+    exporter.shutdown()
+
+
 async def test_nothing_listening_fails_within_the_timeout(unused_tcp_port, caplog):
     exporter = OtlpHttpExporter(f"http://127.0.0.1:{unused_tcp_port}/v1/traces", ENCODER,
                                 {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "0.5"})
