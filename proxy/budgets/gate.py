@@ -33,6 +33,7 @@ from .. import errors
 from ..exchange import Exchange
 from ..routes import RouteKind
 from ..runs import RunState, RunTracker
+from ..tap import parse_object
 from .ledger import SETTLED, Charge, Ledger
 from .settings import LIMITS, MIN_COMPLETION_TOKENS, OTHER, WINDOWS, BudgetLimits, BudgetsSettings
 
@@ -210,7 +211,7 @@ class Budgets:
                                           WINDOWS["day"])
         alias = self.alias(key_id)
         now = self.clock()
-        body = _json(ex.request_body)
+        body = parse_object(ex.request_body) if ex.request_body else None
         if ex.route.kind is RouteKind.SUBMIT_TOOL_OUTPUTS:
             return self._continuation(ex, key_id, budget, alias, now, headers)
         need = estimate(body, self.settings.default_reservation_tokens)
@@ -341,16 +342,6 @@ class Budgets:
         kept = {name: headers[name] for name in _CREDENTIAL_HEADERS if name in headers}
         prefix = "/openai" if ex.path.startswith("/openai/") else "/v1"
         self.credentials[ex.request_id] = Credentials(kept, ex.query, prefix)
-
-
-def _json(body: bytes | None) -> dict[str, Any] | None:
-    if not body or body[:1] != b"{":
-        return None
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _amount(value: float, unit: str) -> str:
