@@ -255,6 +255,37 @@ async def test_batches_respect_batch_max_rows(db_path: Path) -> None:
         w.close()
 
 
+def _voluntary_switches(thread: threading.Thread) -> int:
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts context switches through /proc (Linux)")
+async def test_rows_submitted_while_a_batch_gathers_do_not_wake_the_thread(db_path: Path) -> None:
+    # Issue #3: blocked on the queue, the thread was woken by every submit (~2,500 times a second at
+    # c=1) and took the GIL from the event loop each time. It now sleeps until the batch is due.
+    w = Writer(db_path, batch_interval_s=30)
+    w.start()
+    try:
+        w.submit("events", event(0))  # the batch starts: the thread takes it and sleeps
+        for _ in range(200):
+            if w.queue_depth == 0:
+                break
+            await asyncio.sleep(0.005)
+        assert w._thread is not None
+        before = _voluntary_switches(w._thread)
+        for seq in range(1, 201):
+            w.submit("events", event(seq))
+            w.submit_event(lane(seq, request_id="req_2"))
+            await asyncio.sleep(0.0005)  # a turn of the loop: the events lane hands its row over
+        woken = _voluntary_switches(w._thread) - before
+        assert woken < 20, f"the writer thread was woken {woken} times by 400 submits"
+        await w.flush()  # a barrier does wake it: the batch is written now, not in 30 s
+        assert query(w, "select count(*) from events") == [(401,)]
+    finally:
+        w.close()
+
+
 async def test_invalid_rows_are_spilled_without_failing_their_batch(writer: Writer) -> None:
     writer.submit("events", event(0))
     writer.submit("nope", {"x": 1})
