@@ -547,6 +547,11 @@ def test_the_memory_limit_reaches_duckdb(db_path: Path) -> None:
         w.close()
 
 
+def test_duckdb_runs_on_the_writers_thread_alone(writer: Writer) -> None:
+    # Issue #3: DuckDB's worker threads competed with the relay for the machine's cores.
+    assert query(writer, "select current_setting('threads')") == [(1,)]
+
+
 # -- the events lane -------------------------------------------------------------------------------
 
 
