@@ -286,6 +286,26 @@ async def test_rows_submitted_while_a_batch_gathers_do_not_wake_the_thread(db_pa
         w.close()
 
 
+async def test_a_full_batch_is_written_before_its_deadline(db_path: Path) -> None:
+    w = Writer(db_path, batch_max_rows=100, batch_interval_s=30)
+    w.start()
+    try:
+        w.submit("events", event(0))  # the thread takes it and sleeps until the 30 s deadline
+        for _ in range(200):
+            if w.queue_depth == 0:
+                break
+            await asyncio.sleep(0.005)
+        for seq in range(1, 150):
+            w.submit("events", event(seq))
+        for _ in range(500):  # bounded: well under the deadline, however slow the machine
+            if w.rows_written_total >= 100:
+                break
+            await asyncio.sleep(0.01)
+        assert w.rows_written_total >= 100
+    finally:
+        w.close()
+
+
 async def test_invalid_rows_are_spilled_without_failing_their_batch(writer: Writer) -> None:
     writer.submit("events", event(0))
     writer.submit("nope", {"x": 1})
@@ -547,7 +567,7 @@ def test_the_memory_limit_reaches_duckdb(db_path: Path) -> None:
         w.close()
 
 
-def test_duckdb_runs_on_the_writers_thread_alone(writer: Writer) -> None:
+def test_duckdb_runs_each_statement_on_one_thread(writer: Writer) -> None:
     # Issue #3: DuckDB's worker threads competed with the relay for the machine's cores.
     assert query(writer, "select current_setting('threads')") == [(1,)]
 
