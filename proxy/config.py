@@ -100,6 +100,11 @@ class RecorderSettings(_Section):
         description="Longest a row waits in the queue before its batch is written; with a SIGKILL "
         "this is about how much recent recording can be lost.",
     )
+    max_queue_rows: int = Field(
+        100_000, gt=0, le=100_000_000,
+        description="Most rows the writer's queue keeps in memory (~2 KB each); beyond it the queue overflows to "
+        "<db>.backlog.jsonl and is committed from there in order (the relay never waits).",
+    )
     max_tracked_runs: int = Field(
         50_000, gt=0, le=10_000_000, description="Runs whose state is kept in memory (least recent evicted)."
     )

@@ -143,12 +143,14 @@ def replay(
     *,
     tables: Mapping[str, TableSpec] | None = None,
     batch_rows: int = 5000,
+    start_offset: int = 0,
 ) -> ReplayReport:
     """Re-apply a spill file through ``apply_batch`` (one transaction per call), then archive it.
 
     ``apply_batch`` must be idempotent (``write_batch(replay=True)``: events skip a stored key;
     upserts merge), so a replay
-    interrupted by a crash is simply done again.
+    interrupted by a crash is simply done again. ``start_offset``: skip the bytes before it (the
+    writer's backlog file, whose head a killed process had already committed).
     """
     report = ReplayReport()
     if not path.exists():
@@ -157,6 +159,7 @@ def replay(
         tables = latest_tables()
     owed = path.with_name(path.name + ".owed")
     with path.open("rb") as src, _LazyWriter(owed) as still_owed:
+        src.seek(start_offset)
         replayer = _Replayer(apply_batch, report, still_owed)
         for batch in _batches(_valid_lines(src, tables, report), batch_rows):
             replayer.apply(batch)

@@ -58,7 +58,9 @@ import orjson
 
 from proxy.errors import RuntapError
 from proxy.malloc import duckdb_purger
+from proxy.store import backlog as backlog_file
 from proxy.store import spill
+from proxy.store.backlog import Backlog
 from proxy.store.migrations import MERGE_RULES, TableSpec, migrate, table_specs
 from proxy.store.spill import Item, ReplayReport, Row
 
@@ -77,6 +79,9 @@ class StoreLockedError(StoreError):
 
 
 _SHUTDOWN = object()
+_BACKLOG_READ_ROWS = 5000
+"""Rows committed per step from the backlog file: decoding them holds the GIL (~5 us a row), so a
+step stays around 10 ms of it, and the queue is moved to the file between steps."""
 EVENT_COLUMNS = ("request_id", "seq", "event", "data", "received_at", "run_id", "raw")
 """The values of a ``submit_event()`` tuple, in order: the ``events`` table's columns."""
 EventRow = tuple[object, ...]
@@ -116,11 +121,20 @@ class Writer:
         batch_max_rows: int = 20_000,
         batch_interval_s: float = 0.25,
         memory_limit: str | None = None,
+        max_queue_rows: int = 100_000,
     ) -> None:
-        if batch_max_rows < 1 or batch_interval_s < 0:
-            raise ValueError("batch_max_rows must be >= 1 and batch_interval_s >= 0")
+        if batch_max_rows < 1 or batch_interval_s < 0 or max_queue_rows < 1:
+            raise ValueError("batch_max_rows and max_queue_rows must be >= 1 and batch_interval_s >= 0")
         self.db_path = Path(db_path)
         self.spill_path = spill_path if spill_path is not None else Path(f"{self.db_path}.spill.jsonl")
+        self.backlog_path = Path(f"{self.db_path}.backlog.jsonl")
+        self._max_queue_rows = max_queue_rows
+        self._backlog: Backlog | None = None
+        """Set while the queue overflows to disk (``backlog.py``); the thread's alone."""
+        self._backlog_barriers: list[tuple[int, _Flush]] = []
+        """flush() barriers taken in overflow, each with the backlog offset it waits for."""
+        self.backlog_episodes_total = 0
+        """Times the queue went over max_queue_rows and overflowed to the backlog file."""
         self._batch_max_rows = batch_max_rows
         self._batch_interval_s = batch_interval_s
         self._memory_limit = memory_limit
@@ -166,6 +180,12 @@ class Writer:
             self._write_con.execute("set TimeZone = 'UTC'")
             migrate(self._write_con)
             self._specs = table_specs(self._write_con)
+            # An earlier process killed while its queue overflowed: its backlog first (the older
+            # rows, in order), from where it had got to.
+            if self.backlog_path.exists():
+                start = backlog_file.saved_offset(self.backlog_path)
+                spill.replay(self.backlog_path, self._replay_batch, tables=self._specs, start_offset=start)
+                backlog_file.forget_offset(self.backlog_path)
             report = spill.replay(self.spill_path, self._replay_batch, tables=self._specs)
             orphans = close_orphaned_exchanges(self._write_con)
         except Exception as exc:  # duckdb, the file system, or a migration's own error
@@ -289,10 +309,12 @@ class Writer:
 
     @property
     def queue_depth(self) -> int:
-        """Rows submitted and not yet taken by the thread (the loop's pending events included);
-        approximate. The thread takes a batch's rows when the batch is due, so a writer that keeps
-        up saws between 0 and about one batch interval of rows."""
-        return self._queued_rows - self._taken_rows + len(self._events)
+        """Rows submitted and not yet taken by the thread (the loop's pending events included, and
+        those in the backlog file while the queue overflows); approximate. The thread takes a
+        batch's rows when the batch is due, so a writer that keeps up saws between 0 and about one
+        batch interval of rows."""
+        backlog = self._backlog
+        return self._queued_rows - self._taken_rows + len(self._events) + (backlog.rows if backlog else 0)
 
     @property
     def healthy(self) -> bool:
@@ -310,12 +332,20 @@ class Writer:
             log.critical("runtap writer thread died", exc_info=True)
         finally:
             self._drain_leftovers()
+            if self._backlog is not None:  # the thread died in overflow: the next start replays the rest
+                self._backlog.close()
+            for _, barrier in self._backlog_barriers:
+                barrier.resolve()
+            self._backlog_barriers.clear()
             if self._write_con is not None:
                 self._write_con.close()
 
     def _loop(self) -> None:
         stopping = False
         while True:
+            if self._backlog is not None:
+                stopping = self._overflow_step() or stopping
+                continue
             items, events, barriers, shutdown = self._collect(block=not stopping)
             drained = stopping and not (items or events or barriers or shutdown)
             stopping = stopping or shutdown
@@ -334,6 +364,65 @@ class Writer:
                 self._purge()
             if drained:
                 return  # the sentinel was seen and the queue is now empty
+            if self._queued_rows - self._taken_rows > self._max_queue_rows:
+                self._backlog = Backlog(self.backlog_path, self._specs)
+                self.backlog_episodes_total += 1
+                log.warning("recording queue over %d rows: overflowing to %s; rows are committed from it in order",
+                            self._max_queue_rows, self.backlog_path)
+
+    def _overflow_step(self) -> bool:
+        """While the queue overflows: move what is queued to the backlog file, commit one batch from
+        its head, and go back to the in-memory queue once the file is consumed. True if the
+        shutdown sentinel was among what was queued."""
+        backlog = self._backlog
+        assert backlog is not None
+        shutdown = self._queue_to_backlog(backlog)
+        items, offset = backlog.read(min(self._batch_max_rows, _BACKLOG_READ_ROWS))
+        if items:
+            self._write(items, [])
+        backlog.mark_consumed(offset)
+        del items
+        waiting = []
+        for at, barrier in self._backlog_barriers:
+            if at <= offset:
+                barrier.resolve()
+            else:
+                waiting.append((at, barrier))
+        self._backlog_barriers = waiting
+        if backlog.empty:
+            backlog.remove()
+            self._backlog = None
+            log.warning("recording backlog %s committed; the queue is back in memory", self.backlog_path)
+        if self._purge is not None:
+            self._purge()
+        return shutdown
+
+    def _queue_to_backlog(self, backlog: Backlog) -> bool:
+        """Append everything queued to the backlog, in order; a barrier keeps its place."""
+        rows: list[Item] = []
+        shutdown = False
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if entry is _SHUTDOWN:
+                shutdown = True
+            elif isinstance(entry, _Flush):
+                backlog.append(rows)
+                rows = []
+                self._backlog_barriers.append((backlog.end, entry))
+            elif type(entry) is list:
+                rows += [_event_item(e) for e in entry]
+                self._taken_rows += len(entry)
+            else:
+                rows.append(entry)  # type: ignore[arg-type]  # only submit() puts other entries
+                self._taken_rows += 1
+            if len(rows) >= 5000:
+                backlog.append(rows)
+                rows = []
+        backlog.append(rows)
+        return shutdown
 
     def _collect(self, block: bool) -> tuple[list[Item], list[EventRow], list[_Flush], bool]:
         """Take one batch: up to batch_max_rows, a barrier, or the sentinel, whichever comes first.
