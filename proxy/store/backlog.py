@@ -11,8 +11,9 @@ is consumed; the relay never waits. The rows cross the file in the spill's forma
 
 Crash safety: after each committed batch the file's consumed offset is written beside it
 (``<file>.offset``, replaced atomically). A process killed in overflow leaves both, and the next
-start replays the file from that offset through the spill's idempotent replay (a batch committed
-just before the offset was written is re-applied: events skip stored keys, other rows merge).
+start moves the file's tail from that offset to the spill file and replays it with the spill's
+idempotent replay (a batch committed just before the offset was written is re-applied: events
+skip stored keys, other rows merge).
 The file is not fsynced: a killed process's writes are in the page cache; a power loss may lose
 the rows appended in the last seconds, as it would lose the in-memory queue.
 """
@@ -20,7 +21,6 @@ the rows appended in the last seconds, as it would lose the in-memory queue.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
@@ -39,13 +39,14 @@ class Backlog:
         self.path = path
         self.offset_path = offset_path(path)
         self._tables = tables
-        self._file: IO[bytes] = path.open("w+b")  # a fresh file: a leftover was replayed at start
+        # A fresh file: start() moved any leftover into the spill. Offset 0 first, so that a stale
+        # offset of an earlier episode can never make a restart skip this one's head.
         self._read_at = 0
         self._end = 0
+        self.mark_consumed(0)
+        self._file: IO[bytes] = path.open("w+b")
         self.rows = 0
         """Rows appended and not yet read back."""
-        self.corrupt = 0
-        """Lines that could not be read back (none unless the disk corrupted them)."""
 
     @property
     def end(self) -> int:
@@ -67,14 +68,16 @@ class Backlog:
             self.rows += len(lines)
         return len(lines)
 
-    def read(self, max_rows: int) -> tuple[list[Item], int]:
-        """Up to ``max_rows`` rows from the head, and the offset just past them (commit, then call
-        ``mark_consumed`` with it)."""
+    def read(self, max_rows: int) -> tuple[list[Item], list[bytes], int]:
+        """Up to ``max_rows`` rows from the head, the lines no database could take (an invalid row:
+        the caller spills them, as it would have from memory), and the offset just past them (commit,
+        then call ``mark_consumed`` with it)."""
         self._file.flush()
         self._file.seek(self._read_at)
         items: list[Item] = []
+        rejected: list[bytes] = []
         at = self._read_at
-        while len(items) < max_rows and at < self._end:
+        while len(items) + len(rejected) < max_rows and at < self._end:
             line = self._file.readline()
             if not line:
                 break
@@ -82,10 +85,10 @@ class Backlog:
             try:
                 items.append(spill.decode(line, self._tables))
             except spill.CorruptLine as exc:
-                self.corrupt += 1
-                log.error("backlog %s: unreadable line at offset %d skipped: %s", self.path, at - len(line), exc)
-        self.rows -= len(items)
-        return items, at
+                rejected.append(line)
+                log.error("backlog %s: a row no database can take, at offset %d: %s", self.path, at - len(line), exc)
+        self.rows -= len(items) + len(rejected)
+        return items, rejected, at
 
     def mark_consumed(self, offset: int) -> None:
         """The rows before ``offset`` are committed: a restart must not need them."""
@@ -103,10 +106,11 @@ class Backlog:
         self._file.close()
 
     def remove(self) -> None:
-        """Every row is committed: delete the file and its offset."""
+        """Every row is committed: delete the offset, then the file (killed in between, the next start
+        finds a consumed file without an offset: replayed whole, which is idempotent)."""
         self._file.close()
-        self.path.unlink(missing_ok=True)
         self.offset_path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
 
 
 def offset_path(path: Path) -> Path:
@@ -121,12 +125,20 @@ def saved_offset(path: Path) -> int:
         return 0
 
 
-def forget_offset(path: Path) -> None:
+def move_to_spill(path: Path, spill_path: Path) -> int:
+    """At start: what a killed process had not committed from its backlog (from the saved offset on)
+    goes to the end of the spill file, which start() then replays with its idempotent replay; the
+    backlog file and its offset are removed. Returns the bytes moved."""
+    moved = 0
+    if path.exists():
+        start = saved_offset(path)
+        with path.open("rb") as src:
+            src.seek(start)
+            tail = src.read()
+        if tail.strip():
+            spill.append_lines(spill_path, tail.splitlines(keepends=True))
+            moved = len(tail)
+            log.warning("backlog %s of a killed process: %d bytes moved to %s for replay", path, moved, spill_path)
     offset_path(path).unlink(missing_ok=True)
-
-
-def file_size(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
+    path.unlink(missing_ok=True)
+    return moved

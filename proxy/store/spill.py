@@ -132,6 +132,20 @@ def append(path: Path, rows: Iterable[Item]) -> int:
     return len(lines) - (lines[0] == b"\n")
 
 
+def append_lines(path: Path, lines: Sequence[bytes]) -> int:
+    """Append lines already in the spill's format (each ending in a newline) and fsync."""
+    lines = [line if line.endswith(b"\n") else line + b"\n" for line in lines]
+    if not lines:
+        return 0
+    with path.open("a+b") as f:
+        if f.seek(0, os.SEEK_END) and _last_byte(f) != b"\n":
+            lines.insert(0, b"\n")
+        f.write(b"".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+    return len(lines) - (lines[0] == b"\n")
+
+
 def _last_byte(f: IO[bytes]) -> bytes:
     f.seek(-1, os.SEEK_END)
     return f.read(1)
@@ -143,14 +157,12 @@ def replay(
     *,
     tables: Mapping[str, TableSpec] | None = None,
     batch_rows: int = 5000,
-    start_offset: int = 0,
 ) -> ReplayReport:
     """Re-apply a spill file through ``apply_batch`` (one transaction per call), then archive it.
 
     ``apply_batch`` must be idempotent (``write_batch(replay=True)``: events skip a stored key;
     upserts merge), so a replay
-    interrupted by a crash is simply done again. ``start_offset``: skip the bytes before it (the
-    writer's backlog file, whose head a killed process had already committed).
+    interrupted by a crash is simply done again.
     """
     report = ReplayReport()
     if not path.exists():
@@ -159,7 +171,6 @@ def replay(
         tables = latest_tables()
     owed = path.with_name(path.name + ".owed")
     with path.open("rb") as src, _LazyWriter(owed) as still_owed:
-        src.seek(start_offset)
         replayer = _Replayer(apply_batch, report, still_owed)
         for batch in _batches(_valid_lines(src, tables, report), batch_rows):
             replayer.apply(batch)

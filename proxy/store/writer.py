@@ -121,7 +121,7 @@ class Writer:
         batch_max_rows: int = 20_000,
         batch_interval_s: float = 0.25,
         memory_limit: str | None = None,
-        max_queue_rows: int = 100_000,
+        max_queue_rows: int = 250_000,
     ) -> None:
         if batch_max_rows < 1 or batch_interval_s < 0 or max_queue_rows < 1:
             raise ValueError("batch_max_rows and max_queue_rows must be >= 1 and batch_interval_s >= 0")
@@ -180,12 +180,9 @@ class Writer:
             self._write_con.execute("set TimeZone = 'UTC'")
             migrate(self._write_con)
             self._specs = table_specs(self._write_con)
-            # An earlier process killed while its queue overflowed: its backlog first (the older
-            # rows, in order), from where it had got to.
-            if self.backlog_path.exists():
-                start = backlog_file.saved_offset(self.backlog_path)
-                spill.replay(self.backlog_path, self._replay_batch, tables=self._specs, start_offset=start)
-                backlog_file.forget_offset(self.backlog_path)
+            # An earlier process killed while its queue overflowed: what it had not committed from
+            # its backlog joins the spill, replayed now like any spilled row.
+            backlog_file.move_to_spill(self.backlog_path, self.spill_path)
             report = spill.replay(self.spill_path, self._replay_batch, tables=self._specs)
             orphans = close_orphaned_exchanges(self._write_con)
         except Exception as exc:  # duckdb, the file system, or a migration's own error
@@ -333,7 +330,8 @@ class Writer:
         finally:
             self._drain_leftovers()
             if self._backlog is not None:  # the thread died in overflow: the next start replays the rest
-                self._backlog.close()
+                with contextlib.suppress(OSError):
+                    self._backlog.close()
             for _, barrier in self._backlog_barriers:
                 barrier.resolve()
             self._backlog_barriers.clear()
@@ -365,7 +363,12 @@ class Writer:
             if drained:
                 return  # the sentinel was seen and the queue is now empty
             if self._queued_rows - self._taken_rows > self._max_queue_rows:
-                self._backlog = Backlog(self.backlog_path, self._specs)
+                try:
+                    self._backlog = Backlog(self.backlog_path, self._specs)
+                except OSError as exc:  # the queue stays in memory, as it did before there was a backlog
+                    self.last_error = f"cannot open the backlog file: {exc}"
+                    log.error("recording queue over %d rows, and %s", self._max_queue_rows, self.last_error)
+                    continue
                 self.backlog_episodes_total += 1
                 log.warning("recording queue over %d rows: overflowing to %s; rows are committed from it in order",
                             self._max_queue_rows, self.backlog_path)
@@ -377,11 +380,30 @@ class Writer:
         backlog = self._backlog
         assert backlog is not None
         shutdown = self._queue_to_backlog(backlog)
-        items, offset = backlog.read(min(self._batch_max_rows, _BACKLOG_READ_ROWS))
+        try:
+            items, rejected, offset = backlog.read(min(self._batch_max_rows, _BACKLOG_READ_ROWS))
+        except OSError as exc:  # an I/O error reading our own file: report it, try again shortly
+            self.last_error = f"cannot read the backlog file: {exc}"
+            log.error("%s", self.last_error)
+            time.sleep(1.0)
+            return shutdown
+        if rejected:  # rows no database can take: spilled as they would have been from memory
+            self.write_errors_total += len(rejected)
+            self._spill_lines(rejected)
         if items:
             self._write(items, [])
-        backlog.mark_consumed(offset)
         del items
+        try:
+            backlog.mark_consumed(offset)
+        except OSError as exc:  # a restart would re-apply this batch: idempotent, so go on
+            log.error("cannot record the backlog's offset: %s", exc)
+        if backlog.empty:  # before the barriers resolve: a flush() returns to a consumed, removed file
+            try:
+                backlog.remove()
+            except OSError as exc:  # committed all the same; a leftover is replayed idempotently at start
+                log.error("cannot remove the backlog file: %s", exc)
+            self._backlog = None
+            log.warning("recording backlog %s committed; the queue is back in memory", self.backlog_path)
         waiting = []
         for at, barrier in self._backlog_barriers:
             if at <= offset:
@@ -389,10 +411,6 @@ class Writer:
             else:
                 waiting.append((at, barrier))
         self._backlog_barriers = waiting
-        if backlog.empty:
-            backlog.remove()
-            self._backlog = None
-            log.warning("recording backlog %s committed; the queue is back in memory", self.backlog_path)
         if self._purge is not None:
             self._purge()
         return shutdown
@@ -409,7 +427,7 @@ class Writer:
             if entry is _SHUTDOWN:
                 shutdown = True
             elif isinstance(entry, _Flush):
-                backlog.append(rows)
+                self._to_backlog(backlog, rows)
                 rows = []
                 self._backlog_barriers.append((backlog.end, entry))
             elif type(entry) is list:
@@ -419,10 +437,25 @@ class Writer:
                 rows.append(entry)  # type: ignore[arg-type]  # only submit() puts other entries
                 self._taken_rows += 1
             if len(rows) >= 5000:
-                backlog.append(rows)
+                self._to_backlog(backlog, rows)
                 rows = []
-        backlog.append(rows)
+        self._to_backlog(backlog, rows)
         return shutdown
+
+    def _to_backlog(self, backlog: Backlog, rows: list[Item]) -> None:
+        try:
+            backlog.append(rows)
+        except OSError as exc:  # disk full: the spill (counted, and shouted about if it fails too)
+            self.last_error = f"cannot append to the backlog file: {exc}"
+            log.error("%s; %d rows go to the spill", self.last_error, len(rows))
+            self._spill(rows)
+
+    def _spill_lines(self, lines: list[bytes]) -> None:
+        try:
+            self.spilled_rows_total += spill.append_lines(self.spill_path, lines)
+        except Exception:
+            self.lost_rows_total += len(lines)
+            log.critical("LOST %d recording rows: cannot write %s", len(lines), self.spill_path, exc_info=True)
 
     def _collect(self, block: bool) -> tuple[list[Item], list[EventRow], list[_Flush], bool]:
         """Take one batch: up to batch_max_rows, a barrier, or the sentinel, whichever comes first.

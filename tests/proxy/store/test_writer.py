@@ -689,21 +689,23 @@ async def test_an_events_row_of_the_wrong_width_is_spilled_and_fails_nothing_els
 # -- the backlog: a queue over max_queue_rows overflows to disk ------------------------------------
 
 
-def held_writes(monkeypatch: pytest.MonkeyPatch, held: set[int]) -> tuple[threading.Event, threading.Event]:
-    """Hold the writer thread inside the write_batch calls numbered in ``held`` (1-based) until released."""
-    entered, release = threading.Event(), threading.Event()
+def held_writes(monkeypatch: pytest.MonkeyPatch, held: int) -> list[tuple[threading.Event, threading.Event]]:
+    """Hold the writer thread inside each of its first ``held`` write_batch calls until that call's
+    release is set: one (entered, release) pair per call."""
+    gates = [(threading.Event(), threading.Event()) for _ in range(held)]
     real = writer_module.write_batch
     calls = [0]
 
     def write(*args: object, **kwargs: object) -> None:
         calls[0] += 1
-        if calls[0] in held:
+        if calls[0] <= held:
+            entered, release = gates[calls[0] - 1]
             entered.set()
             assert release.wait(10)
         real(*args, **kwargs)  # type: ignore[arg-type]  # the real arguments, passed through
 
     monkeypatch.setattr(writer_module, "write_batch", write)
-    return entered, release
+    return gates
 
 
 async def test_a_queue_over_max_queue_rows_goes_to_disk_and_every_row_lands_once_in_order(
@@ -711,13 +713,12 @@ async def test_a_queue_over_max_queue_rows_goes_to_disk_and_every_row_lands_once
 ) -> None:
     # Issue #3: under a sustained overload the in-memory queue grew without limit (1.3 million rows,
     # 1.07 GB after 30 s at c=32). Past max_queue_rows it moves to <db>.backlog.jsonl.
-    entered, release = held_writes(monkeypatch, {1, 2})
+    (entered, release), (entered_2, release_2) = held_writes(monkeypatch, 2)
     w = Writer(db_path, batch_interval_s=0, batch_max_rows=50, max_queue_rows=100)
     w.start()
     try:
         w.submit("runs", {"run_id": "run_1", "status": "queued"})
         assert await asyncio.to_thread(entered.wait, 10)  # write 1 holds the thread
-        entered.clear()
         w.submit("runs", {"run_id": "run_1", "status": "in_progress"})
         for seq in range(1000):
             w.submit("events", event(seq))
@@ -725,11 +726,12 @@ async def test_a_queue_over_max_queue_rows_goes_to_disk_and_every_row_lands_once
         w.submit("runs", {"run_id": "run_1", "status": "completed"})
         await asyncio.sleep(0)  # the loop's turn ends: its events are handed over
         release.set()
-        assert await asyncio.to_thread(entered.wait, 10)  # write 2 is the backlog's first batch
+        assert await asyncio.to_thread(entered_2.wait, 10)  # write 2, the backlog's first batch, holds it
         # Everything queued went to the file: nothing is left in memory, all of it still counted.
         assert w._queued_rows - w._taken_rows == 0
         assert w.backlog_path.stat().st_size > 0
         assert w.queue_depth >= 2001 - 50
+        release_2.set()
         await w.flush()
         assert w.backlog_episodes_total == 1
         assert not w.backlog_path.exists()  # consumed, then removed
@@ -740,13 +742,14 @@ async def test_a_queue_over_max_queue_rows_goes_to_disk_and_every_row_lands_once
         assert (w.spilled_rows_total, w.lost_rows_total, w.write_errors_total) == (0, 0, 0)
     finally:
         release.set()
+        release_2.set()
         w.close()
 
 
 async def test_flush_in_overflow_waits_for_the_rows_before_it_in_the_file(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entered, release = held_writes(monkeypatch, {1})
+    [(entered, release)] = held_writes(monkeypatch, 1)
     w = Writer(db_path, batch_interval_s=0, batch_max_rows=10, max_queue_rows=20)
     w.start()
     try:
@@ -766,7 +769,7 @@ async def test_flush_in_overflow_waits_for_the_rows_before_it_in_the_file(
 
 
 async def test_close_in_overflow_commits_the_backlog(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    entered, release = held_writes(monkeypatch, {1})
+    [(entered, release)] = held_writes(monkeypatch, 1)
     w = Writer(db_path, batch_interval_s=0, batch_max_rows=10, max_queue_rows=20)
     w.start()
     try:
@@ -796,5 +799,32 @@ def test_start_replays_a_killed_processs_backlog_from_where_it_had_got(db_path: 
     try:
         assert query(w, "select list(seq order by seq) from events") == [([3, 4, 5, 6, 7],)]
         assert not backlog_path.exists() and not Path(f"{backlog_path}.offset").exists()
+        assert not w.spill_path.exists()  # the tail went through the spill's replay, then its archive
     finally:
         w.close()
+
+
+async def test_a_backlog_the_disk_refuses_spills_its_rows_and_flush_still_returns(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [(entered, release)] = held_writes(monkeypatch, 1)
+
+    def disk_full(self: object, items: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_module.Backlog, "append", disk_full)
+    w = Writer(db_path, batch_interval_s=0, batch_max_rows=10, max_queue_rows=20)
+    w.start()
+    try:
+        w.submit("events", event(0))
+        assert await asyncio.to_thread(entered.wait, 10)
+        for seq in range(1, 200):
+            w.submit("events", event(seq))
+        release.set()
+        await asyncio.wait_for(w.flush(), 10)
+        assert w.spilled_rows_total == 199 and w.lost_rows_total == 0  # counted, recoverable
+        assert "backlog" in (w.last_error or "")
+    finally:
+        release.set()
+        w.close()
+    assert len(w.spill_path.read_bytes().splitlines()) == 199
