@@ -106,6 +106,7 @@ def make_app(
         batch_interval_s=settings.recorder.batch_interval_ms / 1000,
         memory_limit=settings.recorder.duckdb_memory_limit,
         max_queue_rows=settings.recorder.max_queue_rows,
+        nice=settings.recorder.writer_nice,
     )
     tracker = RunTracker(settings.recorder.max_tracked_runs)
     budgets = BudgetService(settings, tracker, writer, lambda: parts.session)

@@ -108,6 +108,11 @@ class RecorderSettings(_Section):
         description="Most rows the writer's queue keeps in memory (~2 KB each); beyond it the queue overflows to "
         "<db>.backlog.jsonl and is committed from there in order (the relay never waits).",
     )
+    writer_nice: int = Field(
+        10, ge=0, le=19,
+        description="How much lower the writer thread's scheduling priority is than the relay's (Linux nice "
+        "steps; 0 = the same): when every core is busy the relay gets them first and the recording catches up after.",
+    )
     max_tracked_runs: int = Field(
         50_000, gt=0, le=10_000_000, description="Runs whose state is kept in memory (least recent evicted)."
     )

@@ -45,7 +45,9 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -122,6 +124,7 @@ class Writer:
         batch_interval_s: float = 0.25,
         memory_limit: str | None = None,
         max_queue_rows: int = 250_000,
+        nice: int = 0,
     ) -> None:
         if batch_max_rows < 1 or batch_interval_s < 0 or max_queue_rows < 1:
             raise ValueError("batch_max_rows and max_queue_rows must be >= 1 and batch_interval_s >= 0")
@@ -129,6 +132,7 @@ class Writer:
         self.spill_path = spill_path if spill_path is not None else Path(f"{self.db_path}.spill.jsonl")
         self.backlog_path = Path(f"{self.db_path}.backlog.jsonl")
         self._max_queue_rows = max_queue_rows
+        self._nice = nice
         self._backlog: Backlog | None = None
         """Set while the queue overflows to disk (``backlog.py``); the thread's alone."""
         self._backlog_barriers: list[tuple[int, _Flush]] = []
@@ -322,6 +326,8 @@ class Writer:
     # -- the writer thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self._nice:
+            _lower_priority(self._nice)
         try:
             self._loop()
         except BaseException as exc:  # a bug here must not strand flush() waiters or rows
@@ -572,6 +578,20 @@ class Writer:
         if rows:
             log.warning("%d rows arrived after the writer stopped; spilled for the next start", len(rows))
             self._spill(rows)
+
+
+def _lower_priority(nice: int) -> None:
+    """Give this thread (not the process) a lower scheduling priority: when the machine's cores are
+    all busy, the relay's thread gets them first and the writer catches up once they are free; on
+    idle cores it runs as before. Linux only (a thread id is a valid PRIO_PROCESS target there)."""
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        # Relative to the thread's own (inherited) value: a proxy started under `nice` stays ordered.
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:
+        log.warning("cannot lower the writer thread's priority by %d: %s", nice, exc)
 
 
 def _event_item(row: EventRow) -> Item:

@@ -828,3 +828,26 @@ async def test_a_backlog_the_disk_refuses_spills_its_rows_and_flush_still_return
         release.set()
         w.close()
     assert len(w.spill_path.read_bytes().splitlines()) == 199
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_writer_thread_alone_runs_at_the_configured_nice_value(db_path: Path) -> None:
+    # Issue #3: when every core is busy the relay gets them first; the event loop keeps its priority.
+    def nice_of(tid: int) -> int:
+        stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[16])  # field 19 of proc(5), after pid and comm
+
+    base = nice_of(threading.get_native_id())
+    want = min(19, base + 7)  # relative to the process's own value
+    w = Writer(db_path, nice=7)
+    w.start()
+    try:
+        assert w._thread is not None
+        for _ in range(100):  # the thread sets it as it starts
+            if nice_of(w._thread.native_id) == want:
+                break
+            threading.Event().wait(0.01)
+        assert nice_of(w._thread.native_id) == want
+        assert nice_of(threading.get_native_id()) == base
+    finally:
+        w.close()
