@@ -119,25 +119,16 @@ def _revive(spec: TableSpec, column: str, value: object) -> object:
 
 def append(path: Path, rows: Iterable[Item]) -> int:
     """Append rows to the spill file and fsync; return how many were written."""
-    lines = [encode(table, row) for table, row in rows]
-    if not lines:
-        return 0
-    with path.open("a+b") as f:
-        # A crash mid-write can leave a torn last line; never glue the next row onto it.
-        if f.seek(0, os.SEEK_END) and _last_byte(f) != b"\n":
-            lines.insert(0, b"\n")
-        f.write(b"".join(lines))
-        f.flush()
-        os.fsync(f.fileno())
-    return len(lines) - (lines[0] == b"\n")
+    return append_lines(path, [encode(table, row) for table, row in rows])
 
 
 def append_lines(path: Path, lines: Sequence[bytes]) -> int:
-    """Append lines already in the spill's format (each ending in a newline) and fsync."""
+    """Append lines in the spill's format and fsync; return how many were written."""
     lines = [line if line.endswith(b"\n") else line + b"\n" for line in lines]
     if not lines:
         return 0
     with path.open("a+b") as f:
+        # A crash mid-write can leave a torn last line; never glue the next row onto it.
         if f.seek(0, os.SEEK_END) and _last_byte(f) != b"\n":
             lines.insert(0, b"\n")
         f.write(b"".join(lines))

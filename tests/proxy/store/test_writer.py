@@ -255,6 +255,14 @@ async def test_batches_respect_batch_max_rows(db_path: Path) -> None:
         w.close()
 
 
+async def taken_by_the_thread(w: Writer) -> None:
+    """Until the thread has taken what is queued (it then sleeps until the batch is due)."""
+    for _ in range(200):
+        if w.queue_depth == 0:
+            return
+        await asyncio.sleep(0.005)
+
+
 def _voluntary_switches(thread: threading.Thread) -> int:
     status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
@@ -268,10 +276,7 @@ async def test_rows_submitted_while_a_batch_gathers_do_not_wake_the_thread(db_pa
     w.start()
     try:
         w.submit("events", event(0))  # the batch starts: the thread takes it and sleeps
-        for _ in range(200):
-            if w.queue_depth == 0:
-                break
-            await asyncio.sleep(0.005)
+        await taken_by_the_thread(w)
         assert w._thread is not None
         before = _voluntary_switches(w._thread)
         for seq in range(1, 201):
@@ -291,10 +296,7 @@ async def test_a_full_batch_is_written_before_its_deadline(db_path: Path) -> Non
     w.start()
     try:
         w.submit("events", event(0))  # the thread takes it and sleeps until the 30 s deadline
-        for _ in range(200):
-            if w.queue_depth == 0:
-                break
-            await asyncio.sleep(0.005)
+        await taken_by_the_thread(w)
         for seq in range(1, 150):
             w.submit("events", event(seq))
         for _ in range(500):  # bounded: well under the deadline, however slow the machine
