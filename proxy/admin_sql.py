@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from .app import Parts
 
 MAX_CONCURRENT = 2
-"""Admin queries share the DuckDB database (one thread per statement, store.writer._connect) and the
-machine's cores with the writer; two at a time keeps the recorder moving."""
+"""Admin queries share DuckDB's threads and the machine's cores with the writer; two at a time keeps
+the recorder moving."""
 
 
 class StatementTimeout(QueryError):

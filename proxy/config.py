@@ -109,7 +109,7 @@ class RecorderSettings(_Section):
         "<db>.backlog.jsonl and is committed from there in order (the relay never waits).",
     )
     writer_nice: int = Field(
-        10, ge=0, le=19,
+        0, ge=0, le=19,
         description="How much lower the writer thread's scheduling priority is than the relay's (Linux nice "
         "steps; 0 = the same): when every core is busy the relay gets them first and the recording catches up after.",
     )

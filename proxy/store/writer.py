@@ -619,14 +619,12 @@ def _connect(path: Path, memory_limit: str | None = None) -> duckdb.DuckDBPyConn
     # No file access through SQL (read_csv, COPY, ATTACH, INSTALL) nor Python replacement scans:
     # /admin/sql runs on cursors of this connection, and the writer needs neither (the spill is
     # plain Python I/O). The memory limit bounds DuckDB's buffer pool, which otherwise grows with
-    # the recording up to 80% of the machine's RAM. One DuckDB thread (issue #3): the writer's
-    # statements are small, and DuckDB's own workers took CPU the relay needed; with them the
-    # quick bench's stream c=32 added p50 was 26.5-27.7 ms and throughput 0.41-0.43x, with one
-    # thread 20.5-21.5 ms and 0.48x, the recorder still keeping up with 20,000 events/s. The cost:
-    # /admin/sql queries run on one thread while the proxy runs (the read commands without a running
-    # proxy open the file themselves, with all the machine's threads).
-    config: dict[str, str | bool | int] = {"enable_external_access": False, "python_enable_replacements": False,
-                                           "threads": 1}
+    # the recording up to 80% of the machine's RAM. DuckDB keeps its own thread count: one thread
+    # (issue #3) gave the relay more of the cores in the benchmark's bursts (stream c=32 added p50
+    # 26.5-27.7 -> 20.5-21.5 ms), but under a sustained saturating load the recording then fell
+    # behind without end (scripts/soak.py: the queue overflowed after 39 s, and after 120 s SIGTERM
+    # could not flush it within close()'s 10 s: exit 3).
+    config: dict[str, str | bool | int] = {"enable_external_access": False, "python_enable_replacements": False}
     if memory_limit:
         config["memory_limit"] = memory_limit
     try:

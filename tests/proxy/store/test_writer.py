@@ -569,11 +569,6 @@ def test_the_memory_limit_reaches_duckdb(db_path: Path) -> None:
         w.close()
 
 
-def test_duckdb_runs_each_statement_on_one_thread(writer: Writer) -> None:
-    # Issue #3: DuckDB's worker threads competed with the relay for the machine's cores.
-    assert query(writer, "select current_setting('threads')") == [(1,)]
-
-
 # -- the events lane -------------------------------------------------------------------------------
 
 
