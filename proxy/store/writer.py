@@ -208,13 +208,19 @@ class Writer:
         self._thread.start()
         return report
 
-    def close(self, timeout: float = 10) -> None:
-        """Drain the queue, commit, close the connection, join the thread. Idempotent. Blocks."""
+    def close(self, timeout: float | None = None) -> None:
+        """Drain the queue, commit, close the connection, join the thread. Idempotent. Blocks.
+
+        ``timeout``: by default 10 s plus a second per 20,000 rows still queued (the slowest path,
+        the backlog file, commits ~50,000 a second): after a long overload SIGTERM waits for the
+        backlog rather than exiting with an error while the thread is still writing it."""
         if self._closed:
             return
         # Before _closed: handed over, the loop's pending events are written, not spilled. app.py's
         # recording step hands them over on the loop first; this catches a caller that did not.
         self.hand_over_events()
+        if timeout is None:
+            timeout = 10 + self.queue_depth / 20_000
         self._closed = True
         if self._thread is not None:
             self._queue.put_nowait(_SHUTDOWN)

@@ -848,3 +848,15 @@ def test_the_writer_thread_alone_runs_at_the_configured_nice_value(db_path: Path
         assert nice_of(threading.get_native_id()) == base
     finally:
         w.close()
+
+
+def test_close_waits_longer_for_a_longer_queue(writer: Writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # After a long overload SIGTERM must wait for the backlog, not exit 3 while the thread writes it
+    # (scripts/soak.py at 120 s did, with the recording relay-first). 10 s + 1 s per 20,000 rows.
+    assert writer._thread is not None
+    waited: list[float | None] = []
+    join = writer._thread.join
+    monkeypatch.setattr(writer._thread, "join", lambda timeout=None: waited.append(timeout) or join(timeout))
+    writer._queued_rows += 400_000  # as if that many rows were still queued (the thread takes none)
+    writer.close()
+    assert waited == [pytest.approx(30.0)]
