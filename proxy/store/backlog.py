@@ -53,10 +53,6 @@ class Backlog:
         """The file's length: a barrier taken now resolves once ``consumed`` reaches it."""
         return self._end
 
-    @property
-    def consumed(self) -> int:
-        return self._read_at
-
     def append(self, items: Iterable[Item]) -> int:
         """Append rows at the tail; return how many."""
         lines = [spill.encode(table, row) for table, row in items]
@@ -132,12 +128,10 @@ def move_to_spill(path: Path, spill_path: Path) -> int:
     moved = 0
     if path.exists():
         start = saved_offset(path)
-        with path.open("rb") as src:
-            src.seek(start)
-            tail = src.read()
-        if tail.strip():
-            spill.append_lines(spill_path, tail.splitlines(keepends=True))
-            moved = len(tail)
+        if path.stat().st_size > start:
+            with path.open("rb") as src:  # copied in chunks: a long overload's backlog can be GBs
+                src.seek(start)
+                moved = spill.append_from(spill_path, src)
             log.warning("backlog %s of a killed process: %d bytes moved to %s for replay", path, moved, spill_path)
     offset_path(path).unlink(missing_ok=True)
     path.unlink(missing_ok=True)

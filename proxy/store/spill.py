@@ -137,6 +137,25 @@ def append_lines(path: Path, lines: Sequence[bytes]) -> int:
     return len(lines) - (lines[0] == b"\n")
 
 
+def append_from(path: Path, src: IO[bytes]) -> int:
+    """Append the rest of ``src`` (lines in the spill's format), in chunks, and fsync; return the
+    bytes copied."""
+    copied = 0
+    with path.open("a+b") as f:
+        if f.seek(0, os.SEEK_END) and _last_byte(f) != b"\n":
+            f.write(b"\n")  # never glue onto a torn last line
+        last = b"\n"
+        while chunk := src.read(1 << 20):
+            f.write(chunk)
+            copied += len(chunk)
+            last = chunk[-1:]
+        if last != b"\n":
+            f.write(b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return copied
+
+
 def _last_byte(f: IO[bytes]) -> bytes:
     f.seek(-1, os.SEEK_END)
     return f.read(1)

@@ -468,9 +468,10 @@ class Writer:
             self._spill(rows)
 
     def _spill_lines(self, lines: list[bytes]) -> None:
+        """Rows (spill lines) to the spill file, counted; the one place a row can be lost, so shout."""
         try:
             self.spilled_rows_total += spill.append_lines(self.spill_path, lines)
-        except Exception:
+        except Exception:  # disk full, permissions
             self.lost_rows_total += len(lines)
             log.critical("LOST %d recording rows: cannot write %s", len(lines), self.spill_path, exc_info=True)
 
@@ -566,11 +567,7 @@ class Writer:
         write_batch(self._write_con, self._specs, items, replay=True)
 
     def _spill(self, items: Sequence[Item]) -> None:
-        try:
-            self.spilled_rows_total += spill.append(self.spill_path, items)
-        except Exception:  # disk full, permissions: the one place a row can be lost, so shout
-            self.lost_rows_total += len(items)
-            log.critical("LOST %d recording rows: cannot write %s", len(items), self.spill_path, exc_info=True)
+        self._spill_lines([spill.encode(table, row) for table, row in items])
 
     def _drain_leftovers(self) -> None:
         """Spill rows that raced the shutdown, and release any waiting flush()."""
