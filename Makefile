@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.test-installed
 PROMETHEUS_LISTEN ?= 127.0.0.1:9090
 PROMETHEUS_DATA ?= .prometheus
 
-.PHONY: run test lint demo bench schema-doc clean observe prometheus
+.PHONY: run test lint demo bench schema-doc clean observe prometheus nginx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,16 @@ observe: prometheus
 demo: $(TEST_STAMP)
 	$(BIN)/runtap demo
 
-bench: $(TEST_STAMP)
+# Debian's nginx: `make bench` measures it beside runtap, as a child process with its own config
+# (the package's service is not used). If it cannot be installed the bench runs without it.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  apt-cache show nginx >/dev/null 2>&1 || $$SUDO apt-get update -qq; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || \
+	  echo "nginx could not be installed: the bench runs without it" >&2
+
+bench: $(TEST_STAMP) nginx
 	$(BIN)/python scripts/bench.py
 
 schema-doc: $(RUN_STAMP)

@@ -22,10 +22,12 @@ from . import redact
 from .admin import make_admin_app, write_token_file
 from .budgets.service import BudgetService
 from .config import Settings, parse_hostport
-from .forward import Handler, make_forward_handler
 from .metrics import make_registry
 from .observers import Observers
 from .recorder import Recorder
+from .relay.forward import Forwarder
+from .relay.heads import Upstream
+from .relay.upstream import UpstreamPool
 from .runs import RunTracker
 from .store.migrations import set_prices
 from .store.writer import Writer
@@ -47,8 +49,10 @@ class Parts:
     tracker: RunTracker
     observers: Observers
     session: aiohttp.ClientSession | None = None
-    forward: Handler | None = None
-    inflight: set[asyncio.Task[web.StreamResponse]] = field(default_factory=set)
+    """For runtap's own calls upstream (a budget's run cancel); the relay has its pool."""
+    pool: UpstreamPool | None = None
+    forwarder: Forwarder | None = None
+    inflight: set[asyncio.Task[None]] = field(default_factory=set)
     registry: CollectorRegistry | None = None
     tracing: Tracing | None = None
     budgets: BudgetService | None = None
@@ -79,7 +83,7 @@ def make_tracing(settings: Settings, tracker: RunTracker, *, registry: Collector
     return make(settings, tracker, registry=registry)
 
 
-async def _finish_inflight(tasks: set[asyncio.Task[web.StreamResponse]], grace_s: float) -> None:
+async def _finish_inflight(tasks: set[asyncio.Task[None]], grace_s: float) -> None:
     """Let exchanges still running finish within the grace period, then cancel the rest."""
     if not tasks:
         return
@@ -95,9 +99,11 @@ def make_app(
     settings: Settings, admin_token: str | None = None, *, token_file: bool = False,
     reload: Callable[[], Settings] | None = None,
 ) -> web.Application:
-    """The proxy application. With `admin_token`, the admin listener is started beside it, and
-    with `token_file` the token is written beside the database once the database is ours. With
-    `reload` (re-reading the config), SIGHUP reloads the budgets."""
+    """The proxy application: its parts and their start-up and cleanup. The proxy port is served by
+    the relay core on this app's runner (relay/runner.py: `RelayRunner`, `run_relay_app`). With
+    `admin_token`, the admin listener is started beside it, and with `token_file` the token is
+    written beside the database once the database is ours. With `reload` (re-reading the config),
+    SIGHUP reloads the budgets."""
     redact.install()  # aiohttp's parser errors quote request headers, the key among them
     writer = Writer(
         settings.recorder.db,
@@ -120,9 +126,7 @@ def make_app(
     observers = Observers(watched, on_error=metrics.observer_error)
     metrics.watch_observers(o.name for o in watched)
     parts = Parts(settings, writer, tracker, observers, registry=registry, tracing=tracing, budgets=budgets)
-    # The proxy reads bodies itself (bounded per route, forward.py); aiohttp's own cap would
-    # answer oversized bodies in its own error shape.
-    app = web.Application(client_max_size=2**63 - 1, handler_args={"max_field_size": 65536})
+    app = web.Application()
     app[PARTS] = parts
 
     async def recording(app: web.Application) -> AsyncIterator[None]:
@@ -152,6 +156,8 @@ def make_app(
 
     async def upstream_session(app: web.Application) -> AsyncIterator[None]:
         timeouts = settings.timeouts
+        parts.pool = UpstreamPool(Upstream.parse(settings.server.upstream), timeouts.connect_s)
+        parts.forwarder = Forwarder(parts.pool, settings, observers, tracker, parts.inflight, admit=budgets.admit)
         parts.session = aiohttp.ClientSession(
             # auto_decompress=False: compressed bodies reach the client compressed (contract §4).
             auto_decompress=False,
@@ -162,10 +168,9 @@ def make_app(
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Accept"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        parts.forward = make_forward_handler(parts.session, settings, observers, tracker, parts.inflight,
-                                             admit=budgets.admit)
         yield
         await _finish_inflight(parts.inflight, settings.server.shutdown_grace_s)
+        parts.pool.close()
         await parts.session.close()
 
     async def admin_listener(app: web.Application) -> AsyncIterator[None]:
@@ -179,12 +184,6 @@ def make_app(
         yield
         await runner.cleanup()
 
-    async def forward(request: web.Request) -> web.StreamResponse:
-        # The handler needs the session, which exists only once the loop runs (startup).
-        assert parts.forward is not None
-        return await parts.forward(request)
-
-    app.router.add_route("*", "/{tail:.*}", forward)
     # Tracing first, so it is torn down last: after in-flight exchanges ended their spans.
     # The admin listener binds before the writer starts: a port in use must fail before any
     # thread runs (aiohttp does not clean up earlier startup steps when a later one fails).

@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .config import ENV_ADMIN_TOKEN, load_settings, parse_hostport
     from .gc_policy import settle_after_startup
     from .malloc import fix_mmap_threshold
+    from .relay.runner import run_relay_app
 
     overrides = {
         "server": {"upstream": args.upstream, "listen": args.listen, "admin_listen": args.admin_listen},
@@ -55,14 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     app.on_startup.append(gc_after_startup)
     try:
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            shutdown_timeout=settings.server.shutdown_grace_s,
-            access_log=None,
-            print=lambda line: print(f"runtap: {line}", file=sys.stderr),
-        )
+        run_relay_app(app, host, port, shutdown_timeout=settings.server.shutdown_grace_s,
+                      print_line=lambda line: print(f"runtap: {line}", file=sys.stderr))
     except OSError as e:  # a port in use, an address not on this machine
         raise ConfigError(f"cannot listen: {e}") from e
     return 0

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from .app import make_app
 from .config import Settings
+from .relay.runner import RelayRunner
 from .testing.fake_upstream import demo_upstream, serve
 
 DEMO_KEY = "sk-demo-not-a-key"  # short: nothing that looks like a real key is committed
@@ -105,7 +106,7 @@ async def _demo(db: str) -> None:
         "server": {"upstream": f"http://127.0.0.1:{_port(upstream)}"},
         "recorder": {"db": db},
     })
-    proxy = web.AppRunner(make_app(settings), access_log=None)
+    proxy = RelayRunner(make_app(settings), access_log=None)
     await proxy.setup()
     await web.TCPSite(proxy, "127.0.0.1", 0).start()
     print(f"fake upstream on :{_port(upstream)}, runtap on :{_port(proxy)}, recording to {db}\n")

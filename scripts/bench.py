@@ -3,8 +3,11 @@
 Processes, all on loopback: the fast upstream (``scripts/bench_upstream.py``: precomputed bytes, a
 60-event streamed run and a JSON run, distinct ids per request), the proxy (``python -m proxy``,
 i.e. ``runtap serve``, recording to a fresh DuckDB file), the "floor" (the same script as a bare
-aiohttp + uvloop passthrough that records nothing; ``--no-floor`` skips it) and the load generator
-(this process: one aiohttp ClientSession on uvloop, keep-alive connections).
+aiohttp + uvloop passthrough that records nothing; ``--no-floor`` skips it), nginx (the system's,
+e.g. Debian's package, which ``make bench`` installs: its own process with a generated config, one
+worker, a streaming reverse proxy with upstream keep-alive; ``--no-nginx`` skips it, and without an
+nginx binary the run goes on without it) and the load generator (this process: one aiohttp
+ClientSession on uvloop, keep-alive connections).
 
 Phases, in order:
 1. On the freshly started proxy (after a few recorded streams): 1,000 streams open at once, held
@@ -12,7 +15,8 @@ Phases, in order:
    they are released and must all complete.
 2. Streamed runs (``POST /v1/threads/runs``, ``"stream": true``), then JSON runs
    (``GET /v1/threads/{t}/runs/{r}``), each at concurrency 1 and 32: a warm-up, then a fixed
-   number of requests per target in alternating rounds (direct, floor, runtap, then the reverse).
+   number of requests per target in alternating rounds (direct, nginx, floor, runtap, then the
+   reverse).
 3. The recorder inside runtap at a paced rate: streamed runs started on a fixed schedule (open
    loop) so that runtap relays and records ``--paced-events`` events a second (20,000, the target)
    for ``--paced-s`` seconds, its queue depth sampled from /metrics: does the queue grow?
@@ -22,12 +26,13 @@ Phases, in order:
 
 Per request: total latency and time to first event (the first body chunk holding ``event:``).
 Proxy CPU per request comes from /proc/PID/stat over each proxied round until the proxy is idle
-again, so the recording work for that round counts (the event-loop thread is also shown apart).
+again, so the recording work for that round counts (the event-loop thread is also shown apart); for
+nginx, of its master and worker together.
 Peak RSS is VmHWM, restarted for each phase. CPU used by other processes on the machine is
 reported, since it disturbs every figure. Output: Markdown tables on stdout, each figure beside
 its target; JSON with ``--json PATH``. Progress goes to stderr.
 
-    python scripts/bench.py [--quick] [--no-floor] [--json results.json] [--keep]
+    python scripts/bench.py [--quick] [--no-floor] [--no-nginx] [--json results.json] [--keep]
 
 The default run takes about two and a half minutes on 2 CPUs; ``--quick`` under one.
 """
@@ -77,6 +82,11 @@ TARGETS = {
     "rss_open_mb": 150,
     "observability_p50_ms": 0.2,
 }
+REFERENCES = {
+    "nginx": "nginx, one worker, as a streaming reverse proxy: what a mature C proxy adds",
+    "floor": "the bare aiohttp passthrough: what recording costs on top of relaying",
+}
+"""Proxies measured beside runtap that record nothing, in the order of each round."""
 OBSERVABILITY_TARGETS = ("plain", "traced")
 """With --observability (the default): two more recording proxies, alternating with the others in
 every round: `plain` with metrics and tracing off, `traced` with metrics on and every span exported
@@ -103,15 +113,30 @@ BASE_HEADERS = {
 # -- /proc ---------------------------------------------------------------------------------------
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of the whole process and of its main (event-loop) thread."""
+def cpu_times(pid: int, reaped: bool = False) -> tuple[float, float]:
+    """CPU seconds (user + system) of the whole process and of its main (event-loop) thread. With
+    ``reaped``, the first also counts its children that have exited and been waited for."""
 
-    def read(path: str) -> float:
+    def read(path: str, n: int) -> float:
         stat = Path(path).read_text()
         fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return sum(int(v) for v in fields[11 : 11 + n]) / CLK_TCK  # utime stime [cutime cstime]
 
-    return read(f"/proc/{pid}/stat"), read(f"/proc/{pid}/task/{pid}/stat")
+    return read(f"/proc/{pid}/stat", 4 if reaped else 2), read(f"/proc/{pid}/task/{pid}/stat", 2)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes a (single-threaded) process has forked and not yet reaped."""
+    with contextlib.suppress(OSError):
+        return [int(v) for v in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    out = []  # a kernel without CONFIG_PROC_CHILDREN: scan for the parent pid
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                stat = Path(entry.path, "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -165,14 +190,15 @@ class OtherLoad:
         return max(0.0, (busy - self.start[0]) - (ours - self.start[1])) / wall if wall > 0 else 0.0
 
 
-async def settle(pid: int, deadline_s: float = 30.0) -> float:
-    """Wait until the process is idle; return how long it stayed busy (resolution QUIET_WINDOW_S)."""
+async def settle(child: Child, deadline_s: float = 30.0) -> float:
+    """Wait until the process (with its workers) is idle; return how long it stayed busy (resolution
+    QUIET_WINDOW_S)."""
     start = time.perf_counter()
     while True:
-        before = cpu_times(pid)[0]
+        before = child.cpu()[0]
         t = time.perf_counter()
         await asyncio.sleep(QUIET_WINDOW_S)
-        if cpu_times(pid)[0] - before <= QUIET_TICKS / CLK_TCK + 1e-9:
+        if child.cpu()[0] - before <= QUIET_TICKS / CLK_TCK + 1e-9:
             return t - start
         if time.perf_counter() - start > deadline_s:
             return float("inf")
@@ -194,10 +220,28 @@ class Child:
     log: Path
     url: str = ""
     admin_url: str = ""
+    forks: bool = False
+    """It serves from worker processes it forks (nginx): their CPU is its CPU."""
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def pids(self) -> list[int]:
+        return [self.pid, *child_pids(self.pid)] if self.forks else [self.pid]
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds of the process, and of its main thread; for a forking server the sums over
+        the master and its workers (a worker that exited counts through the master's cutime)."""
+        if not self.forks:
+            return cpu_times(self.pid)
+        total, main = cpu_times(self.pid, reaped=True)
+        for pid in child_pids(self.pid):
+            with contextlib.suppress(OSError):
+                worker = cpu_times(pid)
+                total += worker[0]
+                main += worker[1]
+        return total, main
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -303,6 +347,108 @@ def stop_proxy(child: Child, timeout: float = 120) -> dict[str, Any]:
         code = child.proc.wait(5)
         return {"exit_code": code, "shutdown_s": None, "killed": True}
     return {"exit_code": code, "shutdown_s": time.perf_counter() - t, "killed": False}
+
+
+NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+
+
+def find_nginx(explicit: str | None) -> tuple[str | None, str]:
+    """The nginx binary (not always on a non-root PATH: Debian's is /usr/sbin/nginx) and its
+    version, or None and why not."""
+    binary = explicit or shutil.which("nginx") or next((b for b in NGINX_PATHS if os.access(b, os.X_OK)), None)
+    if binary is None:
+        return None, "not installed (`make nginx` installs Debian's package)"
+    try:
+        out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"{binary} does not run: {e}"
+    match = re.search(r"nginx/(\S+)", out.stderr + out.stdout)
+    if out.returncode != 0 or match is None:
+        return None, f"{binary} -v failed: {(out.stderr + out.stdout).strip()[:200]}"
+    return binary, match.group(1)
+
+
+def nginx_config(tmp: Path, port: int, upstream_port: int) -> str:
+    """nginx as a plain streaming reverse proxy to the fast upstream, tuned as one would in front of
+    an SSE API: keep-alive both ways, responses relayed as they arrive, nothing logged per request."""
+    d = tmp / "nginx"
+    user = "user root;  # else the workers drop to nobody, who cannot enter the bench's private temp dir\n" if (
+        os.geteuid() == 0) else ""
+    return f"""# Generated by scripts/bench.py for one run.
+# One worker process: runtap is one process (one event loop), so each gets one CPU to relay with.
+worker_processes 1;
+{user}pid {d}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 0;          # no limit, as the floor and runtap
+    client_body_buffer_size 1m;      # request bodies stay in memory
+    keepalive_requests 1000000;      # the client's keep-alive connections are not recycled
+    keepalive_timeout 75s;
+
+    # proxy_pass to the address itself would open a new connection per request: nginx keeps
+    # upstream connections alive only through an upstream block.
+    upstream bench_upstream {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+
+    server {{
+        listen {HOST}:{port};
+        location / {{
+            proxy_pass http://bench_upstream;   # = http://127.0.0.1:{upstream_port}
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";     # keep the upstream connection alive
+            proxy_buffering off;                # SSE: each event is relayed as it arrives
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+async def start_nginx(session: aiohttp.ClientSession, tmp: Path, binary: str, version: str,
+                      upstream: str) -> Child:
+    """nginx in the foreground (``daemon off``) as a child process, on a free loopback port."""
+    upstream_port = int(upstream.rsplit(":", 1)[1])
+    (tmp / "nginx").mkdir(exist_ok=True)
+    conf = tmp / "nginx.conf"
+    # -e (1.19.5+): the error log before the config is read, else the compiled-in path.
+    early_log = ["-e", str(tmp / "nginx-error.log")] if tuple(map(int, re.findall(r"\d+", version)[:3])) >= (
+        1, 19, 5) else []
+    for _attempt in range(3):  # a picked port can be taken before nginx binds it
+        port = free_port()
+        conf.write_text(nginx_config(tmp, port, upstream_port))
+        child = spawn("nginx", [binary, "-p", str(tmp / "nginx"), *early_log, "-c", str(conf), "-g", "daemon off;"],
+                      tmp)
+        child.forks = True
+        url = f"http://{HOST}:{port}"
+        try:
+            await wait_port(child, port)
+            # Through nginx to the upstream: a worker is up and the proxying works.
+            await wait_healthy(session, child, url + "/bench/info")
+        except RuntimeError:
+            child.kill()
+            if "address already in use" in child.tail().lower():
+                continue
+            raise
+        except BaseException:
+            child.kill()
+            raise
+        child.url = url
+        return child
+    raise RuntimeError("could not find a free port for nginx")
 
 
 # -- load ------------------------------------------------------------------------------------------
@@ -516,9 +662,12 @@ class Bench:
     floor: Child | None
     probe: QueueProbe
     extra: list[tuple[str, Child]] = field(default_factory=list)
+    nginx: Child | None = None
 
     def targets(self) -> list[tuple[str, str, Child | None]]:
         out: list[tuple[str, str, Child | None]] = [("direct", self.upstream.url, None)]
+        if self.nginx is not None:
+            out.append(("nginx", self.nginx.url, self.nginx))
         if self.floor is not None:
             out.append(("floor", self.floor.url, self.floor))
         out.append(("runtap", self.proxy.url, self.proxy))
@@ -526,8 +675,8 @@ class Bench:
         return out
 
     def pids(self) -> list[int]:
-        children = (self.upstream, self.proxy, self.floor, *(c for _, c in self.extra))
-        return [os.getpid()] + [c.pid for c in children if c is not None]
+        children = (self.upstream, self.proxy, self.floor, self.nginx, *(c for _, c in self.extra))
+        return [os.getpid()] + [pid for c in children if c is not None for pid in c.pids()]
 
     async def drained(self, child: Child) -> float:
         """Seconds until a process has written what it queued and is idle. For a proxy, first until
@@ -542,7 +691,7 @@ class Bench:
                     break
                 await asyncio.sleep(0.05)
         waited = time.perf_counter() - start
-        return waited + await settle(child.pid)
+        return waited + await settle(child)
 
     async def scenario(self, kind: str, concurrency: int, n: int) -> dict[str, Any]:
         args = self.args
@@ -561,7 +710,7 @@ class Bench:
             for name, base, child in order:
                 s = samples[name]
                 tag = f"{letter}{concurrency:02d}{name[0].upper()}"
-                before = cpu_times(child.pid) if child else (0.0, 0.0)
+                before = child.cpu() if child else (0.0, 0.0)
                 watch = asyncio.ensure_future(self.probe.watch(s.queue)) if child is self.proxy else None
                 await self.load.round(kind, base, tag, count, concurrency, s, args.phase_timeout)
                 if watch is not None:
@@ -574,7 +723,7 @@ class Bench:
                 if child is not None:
                     # Until the proxy is idle again: the writer's share of this round counts too.
                     s.drain_s.append(await self.drained(child))
-                    after = cpu_times(child.pid)
+                    after = child.cpu()
                     s.cpu_s += after[0] - before[0]
                     s.loop_cpu_s += after[1] - before[1]
         mem = memory_kb(self.proxy.pid)
@@ -999,7 +1148,7 @@ def render(r: dict[str, Any]) -> str:
               "| proxy CPU ms/req | busy after a round | proxy RSS after (peak) | other load |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["scenarios"]:
-        for name in ("direct", "floor", "runtap", *OBSERVABILITY_TARGETS):
+        for name in ("direct", *REFERENCES, "runtap", *OBSERVABILITY_TARGETS):
             if name not in x:
                 continue
             v = x[name]
@@ -1011,13 +1160,32 @@ def render(r: dict[str, Any]) -> str:
                 + ("" if v.get("max_queue") is None else f"; queue ≤ {v['max_queue']:,.0f}")
                 + (f" | {fmt(x['rss_after_mb'], ' MB', 0)} ({fmt(x['rss_peak_mb'], ' MB', 0)})"
                    f" | {fmt(x['other_load_cores'], ' CPU')} |" if name == "runtap" else " | | |"))
-    if any("floor" in x for x in r["scenarios"]):
-        lines += ["", "runtap minus floor (the bare aiohttp passthrough): what recording costs on top of relaying.", "",
+    side = [n for n in (*REFERENCES, "runtap") if any(n in x for x in r["scenarios"])]
+    if len(side) > 1:
+        lines += ["", "### Side by side: each proxy against the direct calls of the same rounds", "",
+                  "| Scenario | Figure | " + " | ".join(side) + " |", "|---|---|" + "---|" * len(side)]
+        figures: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+            ("added p50 ms", lambda v: fmt(v["added_p50_ms"])), ("added p99 ms", lambda v: fmt(v["added_p99_ms"])),
+            ("added TTFE p50 ms", lambda v: fmt(v["added_ttfe_p50_ms"])),
+            ("throughput vs direct", lambda v: fmt(v["throughput_ratio"], "x")),
+            ("CPU ms/req", lambda v: fmt(v["cpu_ms_per_req"], "", 3))]
+        for x in r["scenarios"]:
+            for label, get in figures:
+                if label.startswith("added TTFE") and x["kind"] != "stream":
+                    continue
+                lines.append(f"| {x['kind']} c={x['concurrency']} | {label} | "
+                             + " | ".join(get(x[n]) if n in x else "—" for n in side) + " |")
+        if r.get("nginx", {}).get("skipped"):
+            lines.append(f"\nnginx not measured: {r['nginx']['skipped']}")
+    for ref in REFERENCES:
+        if not any(ref in x for x in r["scenarios"]):
+            continue
+        lines += ["", f"runtap minus {ref} ({REFERENCES[ref]}).", "",
                   "| Scenario | p50 ms | p99 ms | TTFE p50 ms | throughput | CPU ms/req |", "|---|---|---|---|---|---|"]
         for x in r["scenarios"]:
-            if "floor" not in x:
+            if ref not in x:
                 continue
-            f, p = x["floor"], x["runtap"]
+            f, p = x[ref], x["runtap"]
             ratio = p["rps"] / f["rps"] if p["rps"] and f["rps"] else None
             lines.append(f"| {x['kind']} c={x['concurrency']} | {fmt(diff(p['p50_ms'], f['p50_ms']))} | "
                          f"{fmt(diff(p['p99_ms'], f['p99_ms']))} | {fmt(diff(p['ttfe_p50_ms'], f['ttfe_p50_ms']))} | "
@@ -1067,7 +1235,7 @@ def render(r: dict[str, Any]) -> str:
                          f"{fmt(w['flush_lag_s'] * 1000, ' ms', 0)} | {fmt(w['max_loop_stall_ms'], ' ms', 1)} | "
                          f"{w['rows_in_db']:,} |")
     errors = [(x["kind"], x["concurrency"], n, x[n]["error_examples"]) for x in r["scenarios"]
-              for n in ("direct", "floor", "runtap", *OBSERVABILITY_TARGETS) if n in x and x[n]["error_examples"]]
+              for n in ("direct", *REFERENCES, "runtap", *OBSERVABILITY_TARGETS) if n in x and x[n]["error_examples"]]
     if errors or (o and o["error_examples"]):
         lines += ["", "### Errors (first few)", ""]
         lines += [f"- {k} c={c} {n}: {e}" for k, c, n, e in errors]
@@ -1111,13 +1279,30 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if args.floor:
                 floor = await start_upstream(tmp, "floor", relay_to=upstream.url)
                 children.append(floor)
+            nginx = None
+            if args.nginx:
+                binary, version = find_nginx(args.nginx_bin)
+                r["nginx"] = {"binary": binary, "version": version if binary else None, "measured": False,
+                              "skipped": None if binary else version}
+                if binary is not None:
+                    try:
+                        nginx = await start_nginx(session, tmp, binary, version, upstream.url)
+                    except RuntimeError as e:
+                        r["nginx"]["skipped"] = f"did not start: {e}"
+                    else:
+                        children.append(nginx)
+                        r["nginx"].update(measured=True, config=(tmp / "nginx.conf").read_text())
+                if nginx is None:
+                    log(f"nginx {r['nginx']['skipped']}; carrying on without it")
             proxy = await start_proxy(session, tmp, upstream.url, db, args.config)
             children.append(proxy)
-            run_load = OtherLoad([os.getpid()] + [c.pid for c in children])
+            run_load = OtherLoad([os.getpid()] + [pid for c in children for pid in c.pids()])
             r["setup"] = (f"fast upstream ({info['events']} events, {info['stream_bytes']:,} B per stream; JSON run "
                           f"{info['json_bytes']:,} B); client {args.requests_c1:,} requests per target at c=1, "
                           f"{args.requests_high:,} at c={args.concurrency}, in {args.rounds} alternating rounds after "
-                          f"{args.warmup} warm-up requests; proxy recording to a fresh DuckDB file")
+                          f"{args.warmup} warm-up requests; proxy recording to a fresh DuckDB file"
+                          + (f"; nginx {r['nginx']['version']} (1 worker, proxy_buffering off, upstream keepalive 64)"
+                             if nginx else ""))
             r["rss_idle_mb"] = memory_kb(proxy.pid)["VmRSS"] / 1024
             extra: list[tuple[str, Child]] = []
             if args.observability:
@@ -1128,7 +1313,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     children.append(child)
                     extra.append((name, child))
             load = Load(session, info)
-            bench = Bench(args, load, upstream, proxy, floor, QueueProbe(session, proxy.admin_url), extra)
+            bench = Bench(args, load, upstream, proxy, floor, QueueProbe(session, proxy.admin_url), extra, nginx)
             if args.open_streams:  # first, on a fresh proxy: what holding the streams costs, alone
                 log(f"{args.open_streams:,} streams open at once")
                 r["open"] = await bench.open_streams(args.open_streams)
@@ -1211,10 +1396,15 @@ def _totals(rec: dict[str, Any], r: dict[str, Any], hi: int) -> None:
 
 
 def _log_scenario(x: dict[str, Any]) -> None:
-    d, p = x["direct"], x["runtap"]
-    log(f"  direct {fmt(d['rps'], '', 0)} req/s p50 {fmt(d['p50_ms'])} ms; runtap {fmt(p['rps'], '', 0)} req/s "
-        f"p50 {fmt(p['p50_ms'])} ms (+{fmt(p['added_p50_ms'])}), {fmt(p['cpu_ms_per_req'], '', 3)} ms CPU/req, "
-        f"errors {d['errors']}/{p['errors']}")
+    d = x["direct"]
+    parts = [f"direct {fmt(d['rps'], '', 0)} req/s p50 {fmt(d['p50_ms'])} ms"]
+    for name in (*REFERENCES, "runtap"):
+        if name in x:
+            p = x[name]
+            parts.append(f"{name} {fmt(p['rps'], '', 0)} req/s p50 {fmt(p['p50_ms'])} ms (+{fmt(p['added_p50_ms'])}), "
+                         f"{fmt(p['cpu_ms_per_req'], '', 3)} ms CPU/req")
+    errors = "/".join(str(x[n]["errors"]) for n in ("direct", *REFERENCES, "runtap") if n in x)
+    log("  " + "; ".join(parts) + f", errors {errors}")
 
 
 def log(msg: str) -> None:
@@ -1250,6 +1440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--paced-s", type=float, help="length of the paced phase in seconds (20; quick 10)")
     p.add_argument("--no-floor", dest="floor", action="store_false",
                    help="skip the bare aiohttp passthrough (no recording) measured beside runtap")
+    p.add_argument("--no-nginx", dest="nginx", action="store_false",
+                   help="skip nginx (Debian's package, one worker, a streaming reverse proxy) measured beside runtap")
+    p.add_argument("--nginx-bin", help="the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
     p.add_argument("--config", help="runtap TOML config for the proxy (default: built-in defaults)")
     p.add_argument("--phase-timeout", type=float, default=180, help="longest one round may take (s)")
     p.add_argument("--json", help="also write the results as JSON here")

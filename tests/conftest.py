@@ -17,6 +17,7 @@ from openai import AsyncAzureOpenAI, AsyncOpenAI
 from proxy.app import PARTS, Parts, make_app
 from proxy.config import Settings
 from proxy.keys import fingerprint
+from proxy.relay.runner import RelayTestServer
 from proxy.testing.fake_upstream import FakeUpstream
 
 RAW_KEY = "sk-test-" + "k3y" * 12
@@ -47,8 +48,25 @@ def settings(tmp_path, upstream) -> Settings:
 
 
 @pytest.fixture
-async def proxy(aiohttp_server, settings: Settings):
-    return await aiohttp_server(make_app(settings))
+async def serve_proxy() -> AsyncIterator[Callable[..., Any]]:
+    """`await serve_proxy(make_app(settings))`: the app's proxy port served by the relay core on an
+    ephemeral port (aiohttp's TestServer API: `make_url`, `app`, `port`), closed after the test."""
+    servers: list[RelayTestServer] = []
+
+    async def start(app: Any, **kwargs: Any) -> RelayTestServer:
+        server = RelayTestServer(app, **kwargs)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in reversed(servers):
+        await server.close()
+
+
+@pytest.fixture
+async def proxy(serve_proxy, settings: Settings):
+    return await serve_proxy(make_app(settings))
 
 
 @pytest.fixture

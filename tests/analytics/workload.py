@@ -34,6 +34,7 @@ from openai.types.beta.threads import Run
 
 from proxy.app import make_app
 from proxy.config import Settings
+from proxy.relay.runner import RelayRunner
 from proxy.testing.fake_upstream import FakeUpstream
 from proxy.testing.scripts import (
     CodeInterpreterTurn,
@@ -261,7 +262,7 @@ async def record(db: str | Path, *, sleep: bool = False) -> list[Run]:
     await upstream.start()
     settings = Settings.model_validate({"server": {"upstream": f"http://127.0.0.1:{_port(runners[0])}"},
                                         "recorder": {"db": str(db), "batch_interval_ms": 5}})
-    runners.append(web.AppRunner(make_app(settings), access_log=None))
+    runners.append(RelayRunner(make_app(settings), access_log=None))
     try:
         await runners[1].setup()
         await web.TCPSite(runners[1], "127.0.0.1", 0).start()

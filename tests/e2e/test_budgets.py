@@ -140,8 +140,8 @@ def tool_settings(tmp_path, upstream) -> Settings:
                             default_reservation_tokens=50)
 
 
-async def test_a_tool_run_across_submit_tool_outputs_is_charged_once(aiohttp_server, fake, tool_settings):
-    server = await aiohttp_server(make_app(tool_settings))
+async def test_a_tool_run_across_submit_tool_outputs_is_charged_once(serve_proxy, fake, tool_settings):
+    server = await serve_proxy(make_app(tool_settings))
     parts = server.app[PARTS]
     script = Script.tool_then_text(tool_prompt_tokens=80, tool_completion_tokens=18, prompt_tokens=120,
                                    completion_tokens=9)
@@ -159,8 +159,8 @@ async def test_a_tool_run_across_submit_tool_outputs_is_charged_once(aiohttp_ser
 
 
 async def test_a_restart_with_reservations_in_flight_forgets_nothing_and_charges_nothing_twice(
-        aiohttp_server, fake, settings):
-    first = await aiohttp_server(make_app(settings))
+        serve_proxy, fake, settings):
+    first = await serve_proxy(make_app(settings))
     fake.enqueue(Script.text("done", prompt_tokens=100, completion_tokens=20))
     async with AsyncOpenAI(base_url=str(first.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as client:
         done = await _stream_run(client, max_prompt_tokens=256, max_completion_tokens=256)
@@ -178,7 +178,7 @@ async def test_a_restart_with_reservations_in_flight_forgets_nothing_and_charges
     assert [(r["used"], r["reserved"]) for r in before] == [(120, PER_RUN)]
     await first.close()
 
-    second = await aiohttp_server(make_app(settings))
+    second = await serve_proxy(make_app(settings))
     budgets = second.app[PARTS].budgets.budgets
     assert figures(budgets) == before  # nothing forgotten: the same figures, to the timestamp
     [call] = paused.required_action.submit_tool_outputs.tool_calls
@@ -198,9 +198,9 @@ async def test_a_restart_with_reservations_in_flight_forgets_nothing_and_charges
     assert charges == [(done.id, "settled", 120), (paused.id, "settled", 227)]
 
 
-async def test_a_restart_that_lost_a_charges_link_to_its_run_still_charges_the_run_once(aiohttp_server, fake,
+async def test_a_restart_that_lost_a_charges_link_to_its_run_still_charges_the_run_once(serve_proxy, fake,
                                                                                           settings):
-    first = await aiohttp_server(make_app(settings))
+    first = await serve_proxy(make_app(settings))
     fake.enqueue(Script.tool_then_text(tool_prompt_tokens=80, tool_completion_tokens=18, prompt_tokens=120,
                                        completion_tokens=9))
     async with AsyncOpenAI(base_url=str(first.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as client, \
@@ -215,7 +215,7 @@ async def test_a_restart_that_lost_a_charges_link_to_its_run_still_charges_the_r
     with duckdb.connect(settings.recorder.db) as con:
         con.execute("update budget_charges set run_id = null")
 
-    second = await aiohttp_server(make_app(settings))
+    second = await serve_proxy(make_app(settings))
     budgets = second.app[PARTS].budgets.budgets
     assert [(r["used"], r["reserved"]) for r in figures(budgets)] == [(0, PER_RUN)]
     [call] = paused.required_action.submit_tool_outputs.tool_calls
@@ -233,10 +233,10 @@ async def test_a_restart_that_lost_a_charges_link_to_its_run_still_charges_the_r
             (paused.id, "settled", 227)]
 
 
-async def test_clamp_lowers_max_completion_tokens_to_what_the_budget_can_pay(aiohttp_server, fake, tmp_path,
+async def test_clamp_lowers_max_completion_tokens_to_what_the_budget_can_pay(serve_proxy, fake, tmp_path,
                                                                              upstream):
     settings = budgets_settings(tmp_path, upstream, keys=[team_a(tokens_per_day=1000, clamp=True)])
-    server = await aiohttp_server(make_app(settings))
+    server = await serve_proxy(make_app(settings))
     fake.enqueue(Script.text("short", prompt_tokens=200, completion_tokens=100))
     async with AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as client:
         run = await _stream_run(client, max_prompt_tokens=256, max_completion_tokens=2000, temperature=0.5)
@@ -258,11 +258,11 @@ async def test_clamp_lowers_max_completion_tokens_to_what_the_budget_can_pay(aio
     assert [b["max_completion_tokens"] for b in bodies] == [744, 444]  # the recording shows what went upstream
 
 
-async def test_cancel_on_exhaustion_cancels_the_run_upstream_as_the_caller(aiohttp_server, fake, tmp_path,
+async def test_cancel_on_exhaustion_cancels_the_run_upstream_as_the_caller(serve_proxy, fake, tmp_path,
                                                                            upstream):
     settings = budgets_settings(tmp_path, upstream, keys=[team_a(tokens_per_day=1000, cancel_on_exhaustion=True)],
                                 default_reservation_tokens=300)
-    server = await aiohttp_server(make_app(settings))
+    server = await serve_proxy(make_app(settings))
     # Eight model calls of 400 tokens each, with no max_*_tokens to stop them: the third passes 1000,
     # and the five after it leave the cancel ample time to arrive mid-stream.
     fake.enqueue(Script.of(*(TextTurn(f"part {i}", prompt_tokens=200, completion_tokens=200) for i in range(8))))

@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from proxy import app as app_module
 from proxy.app import PARTS, Parts, make_app
 from proxy.config import Settings
+from proxy.relay.runner import RelayRunner
 from proxy.testing.fake_upstream import FakeUpstream
 from proxy.tracing import make_tracing
 from tests.conftest import RAW_KEY
@@ -174,7 +175,7 @@ async def start_rig(tmp_path: Path, unused_tcp_port_factory, caplog, monkeypatch
             "recorder": {"db": str(tmp_path / "runtap.duckdb"), "batch_interval_ms": 5, **(recorder or {})},
         })
         app = make_app(settings, admin_token=ADMIN_TOKEN)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+        runner = RelayRunner(app, access_log=None, shutdown_timeout=10)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         rig = Rig(upstream, settings, runner, app[PARTS], f"http://127.0.0.1:{runner.addresses[0][1]}",

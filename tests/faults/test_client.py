@@ -113,7 +113,7 @@ async def test_client_gone_around_requires_action_then_again_mid_continuation(ri
 async def test_draining_after_the_client_left_is_bounded_by_client_gone_drain_s(start_rig: StartRig, fake,
                                                                                  fake_server):
     rig = await start_rig(upstream=str(fake_server.make_url("")).rstrip("/"),
-                          timeouts={"client_gone_drain_s": 0.3})
+                          timeouts={"client_gone_drain_s": 0.6})
     fake.enqueue(Script.text("slow " * 30, chunks=30))
     fake.fault(Fault(path="/threads/runs", drip_delay_s=0.1))  # about 3.5 s of stream
     started = time.monotonic()

@@ -25,6 +25,7 @@ from openai import AsyncOpenAI
 from proxy import tracing
 from proxy.app import PARTS, TRACES_ENDPOINT_ENV, Parts, make_app
 from proxy.config import Settings
+from proxy.relay.runner import RelayRunner
 from proxy.testing.faults import Fault
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
@@ -62,7 +63,7 @@ async def start(upstream, tmp_path):
             "recorder": {"db": str(db), "batch_interval_ms": 5, **(recorder or {})},
         })
         app = make_app(settings, admin_token=admin_token)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+        runner = RelayRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         started = Running(runner, app[PARTS], f"http://127.0.0.1:{runner.addresses[0][1]}", db)

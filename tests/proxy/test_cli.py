@@ -1,6 +1,6 @@
 """`runtap` the command (contract §2): key-id, the parser's defaults, precedence, config errors.
 
-`proxy.cli.main` runs in-process. `serve` is stopped at the door: `aiohttp.web.run_app` is replaced,
+`proxy.cli.main` runs in-process. `serve` is stopped at the door: `proxy.relay.runner.run_relay_app` is replaced,
 so the tests see exactly what would have been served without ever binding a port.
 """
 
@@ -22,6 +22,7 @@ from proxy.app import PARTS
 from proxy.cli import EXIT_CONFIG, build_parser, main
 from proxy.config import Settings, load_settings
 from proxy.keys import fingerprint
+from proxy.relay import runner
 from tests.conftest import RAW_KEY
 
 
@@ -35,23 +36,23 @@ def clean_env(monkeypatch, tmp_path):
 
 @pytest.fixture
 def served(monkeypatch) -> list[dict[str, Any]]:
-    """What `serve` handed to `web.run_app` (the app and its keyword arguments), instead of serving it."""
+    """What `serve` handed to `run_relay_app` (the app, where and how), instead of serving it."""
     calls: list[dict[str, Any]] = []
 
-    def run_app(app: web.Application, **kwargs: Any) -> None:
-        calls.append({"app": app, **kwargs})
+    def run_app(app: web.Application, host: str, port: int, **kwargs: Any) -> None:
+        calls.append({"app": app, "host": host, "port": port, **kwargs})
 
-    monkeypatch.setattr(web, "run_app", run_app)
+    monkeypatch.setattr(runner, "run_relay_app", run_app)
     return calls
 
 
 @pytest.fixture
 def never_served(monkeypatch) -> None:
-    def run_app(app: web.Application, **kwargs: Any) -> None:
-        raise AssertionError(f"runtap serve reached web.run_app(host={kwargs.get('host')!r}, "
-                             f"port={kwargs.get('port')!r}) with a configuration it should have refused")
+    def run_app(app: web.Application, host: str, port: int, **kwargs: Any) -> None:
+        raise AssertionError(f"runtap serve reached run_relay_app(host={host!r}, "
+                             f"port={port!r}) with a configuration it should have refused")
 
-    monkeypatch.setattr(web, "run_app", run_app)
+    monkeypatch.setattr(runner, "run_relay_app", run_app)
 
 
 # -- key-id ----------------------------------------------------------------------------------------

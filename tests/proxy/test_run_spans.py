@@ -43,8 +43,8 @@ def spans(monkeypatch) -> InMemorySpanExporter:
 
 
 @pytest.fixture
-async def proxy(aiohttp_server, settings, spans):
-    return await aiohttp_server(make_app(settings))
+async def proxy(serve_proxy, settings, spans):
+    return await serve_proxy(make_app(settings))
 
 
 def _hex(n: int, width: int = 32) -> str:
@@ -189,7 +189,7 @@ async def test_a_create_the_upstream_refuses_is_an_error_span(fake, client, span
 async def test_a_create_that_never_reached_the_upstream_is_an_error_span(tmp_path, spans, unused_tcp_port):
     settings = Settings.model_validate({"server": {"upstream": f"http://127.0.0.1:{unused_tcp_port}"},
                                        "recorder": {"db": str(tmp_path / "r.duckdb")}})
-    from aiohttp.test_utils import TestServer
+    from proxy.relay.runner import RelayTestServer as TestServer
 
     async with TestServer(make_app(settings)) as server:
         async with openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as c:

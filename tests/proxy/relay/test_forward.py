@@ -39,12 +39,12 @@ async def echo_upstream(aiohttp_server):
 
 
 @pytest.fixture
-async def echo_proxy(aiohttp_server, echo_upstream, tmp_path):
+async def echo_proxy(serve_proxy, echo_upstream, tmp_path):
     settings = Settings.model_validate({
         "server": {"upstream": str(echo_upstream.make_url("")).rstrip("/"), "max_recorded_body_bytes": 4096},
         "recorder": {"db": str(tmp_path / "r.duckdb")},
     })
-    return await aiohttp_server(make_app(settings))
+    return await serve_proxy(make_app(settings))
 
 
 async def test_path_query_method_headers_and_body_cross_unchanged(echo_proxy, echo_upstream):
