@@ -1175,8 +1175,8 @@ def render(r: dict[str, Any]) -> str:
                     continue
                 lines.append(f"| {x['kind']} c={x['concurrency']} | {label} | "
                              + " | ".join(get(x[n]) if n in x else "—" for n in side) + " |")
-        if r.get("nginx", {}).get("skipped"):
-            lines.append(f"\nnginx not measured: {r['nginx']['skipped']}")
+    if (r.get("nginx") or {}).get("skipped"):
+        lines += ["", f"nginx not measured: {r['nginx']['skipped']}."]
     for ref in REFERENCES:
         if not any(ref in x for x in r["scenarios"]):
             continue
