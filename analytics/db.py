@@ -7,7 +7,7 @@ holds it, over ``POST /admin/sql`` on its admin listener (contract §7). Both an
 :class:`Result`, values encoded the same way (:func:`jsonable`), so a command prints the same
 bytes whichever path answered: the user need not know which.
 
-What may run is decided here, for both paths (proxy/admin_sql.py calls :func:`check_read_only`
+What may run is decided here, for both paths (proxy/admin/sql.py calls :func:`check_read_only`
 too): one statement, of a read type, that calls no function that reads files or has side effects.
 Behind that check the connection has file access and Python replacement scans disabled, and the
 file is read-only (the CLI) or the statement runs in a read-only transaction (the proxy), so a
@@ -270,7 +270,7 @@ def is_held(exc: duckdb.Error) -> bool:
 
 
 def admin_token(db: str, env: Mapping[str, str]) -> str | None:
-    """$RUNTAP_ADMIN_TOKEN, else the token the proxy wrote beside the database (proxy/admin.py)."""
+    """$RUNTAP_ADMIN_TOKEN, else the token the proxy wrote beside the database (proxy/admin/listener.py)."""
     if env.get(ENV_ADMIN_TOKEN):
         return env[ENV_ADMIN_TOKEN]
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import duckdb
 
-from proxy.store.migrations import APPEND_TABLES
+from proxy.record.migrations import APPEND_TABLES
 
 from .db import FileRecording, QueryError, Recording, Result
 

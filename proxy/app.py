@@ -19,21 +19,21 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import redact
-from .admin import make_admin_app, write_token_file
+from .admin.listener import make_admin_app, write_token_file
+from .apis.assistants.runs import RunTracker
 from .budgets.service import BudgetService
 from .config import Settings, parse_hostport
-from .metrics import make_registry
 from .observers import Observers
-from .recorder import Recorder
+from .record.migrations import set_prices
+from .record.recorder import Recorder
+from .record.writer import Writer
 from .relay.forward import Forwarder
 from .relay.heads import Upstream
 from .relay.upstream import UpstreamPool
-from .runs import RunTracker
-from .store.migrations import set_prices
-from .store.writer import Writer
+from .telemetry.metrics import make_registry
 
 if TYPE_CHECKING:
-    from .tracing import Tracing
+    from .telemetry.tracing import Tracing
 
 log = logging.getLogger("runtap")
 # Where tracing.traces_endpoint() finds an endpoint besides [telemetry] otlp_endpoint: keep in step.
@@ -78,7 +78,7 @@ def make_tracing(settings: Settings, tracker: RunTracker, *, registry: Collector
     tracing builds nothing anyway."""
     if not (settings.telemetry.otlp_endpoint or any(os.environ.get(name) for name in TRACES_ENDPOINT_ENV)):
         return None
-    from .tracing import make_tracing as make
+    from .telemetry.tracing import make_tracing as make
 
     return make(settings, tracker, registry=registry)
 
@@ -190,7 +190,7 @@ def make_app(
     # budgets.cleanup() before upstream_session: its teardown (awaiting budget cancels) runs after
     # the exchanges in flight ended and the session closed, so no cancel can start after it.
     if tracing is not None:
-        from .tracing import tracing_cleanup  # loaded already: make_tracing built it
+        from .telemetry.tracing import tracing_cleanup  # loaded already: make_tracing built it
 
         app.cleanup_ctx.append(tracing_cleanup(tracing))
     app.cleanup_ctx.extend([admin_listener, recording, budgets.ticker(),

@@ -22,7 +22,7 @@ READ_COMMANDS = frozenset({"runs", "run", "usage", "sql", "export", "budgets"})
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .admin import admin_token
+    from .admin.listener import admin_token
     from .app import make_app
     from .config import ENV_ADMIN_TOKEN, load_settings, parse_hostport
     from .gc_policy import settle_after_startup
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except RuntapError as e:
         print(f"runtap: {e}", file=sys.stderr)
-        from .store.writer import StoreError
+        from .record.writer import StoreError
 
         return EXIT_STORE if isinstance(e, StoreError) else EXIT_CONFIG
 

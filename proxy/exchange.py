@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from .routes import Route
+from .apis.assistants.routes import Route
 
 
 class Outcome(StrEnum):

@@ -21,10 +21,10 @@ from typing import Any
 
 import orjson
 
+from .apis.assistants.routes import RouteKind
+from .apis.assistants.runs import RunState, RunTracker, Seen, State
 from .exchange import Exchange, Outcome, RunEvent, utcnow
 from .observers import Observers
-from .routes import RouteKind
-from .runs import RunState, RunTracker, Seen, State
 from .sse import SseDecoder, SseEvent
 
 log = logging.getLogger("runtap.tap")

@@ -898,7 +898,7 @@ def count_recorded(db: Path, info: dict[str, Any], sent_by_tag: dict[str, int]) 
 
 async def writer_bench(rows_n: int, rate: float, tmp: Path, frames: list[bytes], placeholder: str) -> dict[str, Any]:
     """store.Writer alone, with event rows built from the benchmark stream (as Recorder builds them)."""
-    from proxy.store.writer import EVENT_COLUMNS, Writer
+    from proxy.record.writer import EVENT_COLUMNS, Writer
 
     parsed = []
     for frame in frames:

@@ -29,7 +29,7 @@ import duckdb
 
 from analytics import queries
 from analytics.db import FileRecording
-from proxy.store.migrations import migrate
+from proxy.record.migrations import migrate
 
 CHUNK_RUNS = 100_000
 START = "2026-08-01 00:00:00+00"

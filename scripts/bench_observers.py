@@ -37,19 +37,19 @@ from aiohttp.test_utils import TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from proxy.apis.assistants.routes import classify
+from proxy.apis.assistants.runs import RunTracker
 from proxy.config import Settings
 from proxy.exchange import Exchange, Outcome, RunEvent, utcnow
-from proxy.metrics import make_registry
 from proxy.observers import Observer, Observers
-from proxy.otlp_encode import OtlpEncoder
-from proxy.recorder import Recorder
-from proxy.routes import classify
-from proxy.runs import RunTracker
-from proxy.spans import SpanRecord
+from proxy.record.recorder import Recorder
 from proxy.tap import Tap
+from proxy.telemetry.metrics import make_registry
+from proxy.telemetry.otlp_encode import OtlpEncoder
+from proxy.telemetry.spans import SpanRecord
+from proxy.telemetry.tracing import Tracing, make_tracing
 from proxy.testing.fake_upstream import FakeUpstream
 from proxy.testing.scripts import Script
-from proxy.tracing import Tracing, make_tracing
 
 ID = re.compile(rb"\b(run|step|msg|thread|call)_[A-Za-z0-9]{24}\b")
 HEADERS = {"Authorization": "Bearer sk-bench", "OpenAI-Beta": "assistants=v2"}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.store.writer import EVENT_COLUMNS, Writer  # after the path tweak, to run from a checkout
+from proxy.record.writer import EVENT_COLUMNS, Writer  # after the path tweak, to run from a checkout
 
 WORDS = ["the", "run", "step", "tool", "call", "message", "delta", "token", "usage", "thread", "model"]
 

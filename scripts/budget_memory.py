@@ -21,14 +21,14 @@ from datetime import UTC, datetime
 import duckdb
 import orjson
 
+from proxy.apis.assistants.routes import classify
+from proxy.apis.assistants.runs import RunTracker
 from proxy.budgets.gate import Budgets, prices_from
 from proxy.budgets.ledger import Ledger
 from proxy.budgets.settings import BudgetsSettings
 from proxy.budgets.store import load_charges
 from proxy.exchange import Exchange
-from proxy.routes import classify
-from proxy.runs import RunTracker
-from proxy.store.migrations import migrate, price_rows
+from proxy.record.migrations import migrate, price_rows
 
 
 def main(n: int) -> None:

@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from proxy.store.migrations import schema_markdown
+from proxy.record.migrations import schema_markdown
 
 README = Path(__file__).parents[1] / "README.md"
 SECTION = re.compile(r"(<!-- schema:start -->\n).*?(<!-- schema:end -->)", re.S)

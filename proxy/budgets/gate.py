@@ -30,9 +30,9 @@ import orjson
 from aiohttp import web
 
 from .. import errors
+from ..apis.assistants.routes import RouteKind
+from ..apis.assistants.runs import RunState, RunTracker
 from ..exchange import Exchange
-from ..routes import RouteKind
-from ..runs import RunState, RunTracker
 from ..tap import parse_object
 from .ledger import SETTLED, Charge, Ledger
 from .settings import LIMITS, MIN_COMPLETION_TOKENS, OTHER, WINDOWS, BudgetLimits, BudgetsSettings

@@ -22,10 +22,10 @@ import duckdb
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from ..apis.assistants.runs import RunTracker
 from ..config import Settings
 from ..errors import RuntapError
-from ..runs import RunTracker
-from ..store.migrations import price_rows, set_prices
+from ..record.migrations import price_rows, set_prices
 from .gate import Budgets, prices_from
 from .ledger import Ledger, RowSink
 from .observer import BudgetObserver, upstream_canceller

@@ -23,12 +23,12 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import errors
+from ..apis.assistants.routes import classify
+from ..apis.assistants.runs import RunTracker
 from ..config import Settings
 from ..exchange import Exchange, Outcome
 from ..keys import key_id_from_headers
 from ..observers import Observers
-from ..routes import classify
-from ..runs import RunTracker
 from ..tap import DeferredTap, Tap, TapQueue
 from .client import ClientConnection, ParsedRequest
 from .heads import answer_bytes, request_head

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from analytics.cli import main
-from proxy.admin import make_admin_app
+from proxy.admin.listener import make_admin_app
 from proxy.app import Parts
 from proxy.testing.fake_upstream import FakeUpstream
 from tests.analytics.workload import Clock, fake_upstream, play, record

@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from proxy.keys import fingerprint
-from proxy.store.migrations import DEFAULT_PRICES
+from proxy.record.migrations import DEFAULT_PRICES
 from proxy.testing.scripts import ToolRound
 from tests.analytics.conftest import ADMIN_TOKEN
 from tests.analytics.workload import KEYS, Visit, final_usage, plan

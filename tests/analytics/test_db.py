@@ -28,7 +28,7 @@ from analytics.db import (
     jsonable,
     open_recording,
 )
-from proxy.store.migrations import fresh_database
+from proxy.record.migrations import fresh_database
 from tests.analytics.conftest import ADMIN_TOKEN
 from tests.analytics.workload import KEYS, fake_upstream, plan, visit_once
 
@@ -118,7 +118,7 @@ async def test_a_file_held_by_the_running_proxy_is_read_through_its_admin_listen
 
 
 def write_token_file(db: Path) -> None:
-    Path(f"{db}.admin-token").write_text(ADMIN_TOKEN + "\n")  # what `runtap serve` writes (proxy/admin.py)
+    Path(f"{db}.admin-token").write_text(ADMIN_TOKEN + "\n")  # what `runtap serve` writes (proxy/admin/listener.py)
 
 
 def _error(rec, sql: str) -> Exception | None:

@@ -16,7 +16,7 @@ from analytics import queries
 from analytics.db import FileRecording
 from analytics.render import render
 from proxy.config import Settings
-from proxy.store.migrations import DEFAULT_PRICES, PRICES_SOURCE, fresh_database
+from proxy.record.migrations import DEFAULT_PRICES, PRICES_SOURCE, fresh_database
 from proxy.testing.scripts import Script, ToolRound
 from tests.analytics.workload import final_usage, plan
 

@@ -16,7 +16,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from analytics.cli import main as analytics_main
-from proxy.admin import make_admin_app
+from proxy.admin.listener import make_admin_app
 from proxy.app import PARTS, make_app
 from proxy.budgets.report import figures
 from proxy.config import Settings

@@ -38,10 +38,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from proxy import tracing as tracing_module
-from proxy.admin import make_admin_app
+from proxy.admin.listener import make_admin_app
 from proxy.config import Settings
-from proxy.otlp_http import OtlpHttpExporter
+from proxy.telemetry import tracing as tracing_module
+from proxy.telemetry.otlp_http import OtlpHttpExporter
 from proxy.testing.scripts import Outcome, Script
 from tests.conftest import KEY_ID, RAW_KEY
 from tests.e2e.test_proxy_sdk import WEATHER_TOOL, _tool_conversation

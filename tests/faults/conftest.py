@@ -34,8 +34,8 @@ from proxy import app as app_module
 from proxy.app import PARTS, Parts, make_app
 from proxy.config import Settings
 from proxy.relay.runner import RelayRunner
+from proxy.telemetry.tracing import make_tracing
 from proxy.testing.fake_upstream import FakeUpstream
-from proxy.tracing import make_tracing
 from tests.conftest import RAW_KEY
 from tests.faults.proc import poll, serve  # noqa: F401  # fixtures and helpers for every case
 

@@ -19,7 +19,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from proxy.store import spill
+from proxy.record import spill
 from proxy.testing.fake_upstream import FakeUpstream
 from proxy.testing.faults import Fault
 from proxy.testing.scripts import Script

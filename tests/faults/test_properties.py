@@ -19,13 +19,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.apis.assistants.routes import classify
+from proxy.apis.assistants.runs import RUN_TERMINAL, RunTracker, Seen
 from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observers
-from proxy.recorder import _CALL_COLUMNS, _MESSAGE_COLUMNS, _RUN_COLUMNS, _STEP_COLUMNS, Recorder
-from proxy.routes import classify
-from proxy.runs import RUN_TERMINAL, RunTracker, Seen
+from proxy.record.recorder import _CALL_COLUMNS, _MESSAGE_COLUMNS, _RUN_COLUMNS, _STEP_COLUMNS, Recorder
+from proxy.record.writer import EVENT_COLUMNS
 from proxy.sse import SseDecoder, SseEvent
-from proxy.store.writer import EVENT_COLUMNS
 from proxy.tap import Tap
 from proxy.testing.engine import Engine
 from proxy.testing.faults import Fault, Malformed, Shaper

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
-from proxy.store import spill
+from proxy.record import spill
 from proxy.testing.fake_upstream import FakeUpstream
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY

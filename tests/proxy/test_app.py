@@ -22,10 +22,10 @@ import pytest
 from aiohttp import web
 from openai import AsyncOpenAI
 
-from proxy import tracing
 from proxy.app import PARTS, TRACES_ENDPOINT_ENV, Parts, make_app
 from proxy.config import Settings
 from proxy.relay.runner import RelayRunner
+from proxy.telemetry import tracing
 from proxy.testing.faults import Fault
 from proxy.testing.scripts import Script
 from tests.conftest import KEY_ID, RAW_KEY
@@ -217,7 +217,7 @@ import sys
 from proxy.app import PARTS, make_app
 from proxy.config import Settings
 app = make_app(Settings.model_validate({"recorder": {"db": sys.argv[1]}}))
-heavy = ("proxy.tracing", "opentelemetry.sdk", "opentelemetry.exporter")
+heavy = ("proxy.telemetry.tracing", "opentelemetry.sdk", "opentelemetry.exporter")
 loaded = sorted(m for m in sys.modules if m.startswith(heavy))
 print(app[PARTS].tracing, loaded)
 """

@@ -2,8 +2,8 @@ import re
 import subprocess
 import sys
 
+from proxy.apis.assistants.routes import classify
 from proxy.exchange import Exchange, Outcome, new_request_id
-from proxy.routes import classify
 
 
 def test_ids_come_from_the_route_and_timings_from_the_clock():

@@ -1,6 +1,6 @@
+from proxy.apis.assistants.routes import classify
 from proxy.exchange import Exchange, Outcome, RunEvent, utcnow
 from proxy.observers import Observer, Observers
-from proxy.routes import classify
 from proxy.testing.replay import Capture, replay
 
 

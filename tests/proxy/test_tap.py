@@ -4,10 +4,10 @@ import time
 
 import orjson
 
+from proxy.apis.assistants.routes import classify
+from proxy.apis.assistants.runs import RunState, RunTracker, ToolCallState
 from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observer, Observers
-from proxy.routes import classify
-from proxy.runs import RunState, RunTracker, ToolCallState
 from proxy.tap import DeferredTap, Tap, TapQueue, parse_object
 from proxy.testing.replay import Capture
 

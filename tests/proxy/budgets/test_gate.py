@@ -1,13 +1,13 @@
 import orjson
 import pytest
 
+from proxy.apis.assistants.routes import classify
+from proxy.apis.assistants.runs import RunTracker, Seen
 from proxy.budgets.gate import Budgets, Credentials, Prices, estimate, prices_from
 from proxy.budgets.ledger import Ledger
 from proxy.budgets.settings import BudgetsSettings
 from proxy.exchange import Exchange
-from proxy.routes import classify
-from proxy.runs import RunTracker, Seen
-from proxy.store.migrations import price_rows
+from proxy.record.migrations import price_rows
 
 KEY = "sha256:0123456789abcdef"
 OTHER = "sha256:fedcba9876543210"

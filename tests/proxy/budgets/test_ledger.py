@@ -6,8 +6,8 @@ import pytest
 
 from proxy.budgets.ledger import EXPIRED, RELEASED, RESERVED, SETTLED, Ledger
 from proxy.budgets.store import load_charges
-from proxy.store.migrations import migrate
-from proxy.store.writer import Writer
+from proxy.record.migrations import migrate
+from proxy.record.writer import Writer
 
 KEY = "sha256:0123456789abcdef"
 

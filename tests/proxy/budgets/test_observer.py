@@ -3,14 +3,14 @@ import asyncio
 import aiohttp
 import orjson
 
+from proxy.apis.assistants.routes import classify
+from proxy.apis.assistants.runs import RunTracker, Seen
 from proxy.budgets.gate import Budgets, Credentials, prices_from
 from proxy.budgets.ledger import RELEASED, RESERVED, SETTLED, Ledger
 from proxy.budgets.observer import BudgetObserver, upstream_canceller, usage_of
 from proxy.budgets.settings import BudgetsSettings
 from proxy.exchange import Exchange, Outcome, RunEvent, utcnow
-from proxy.routes import classify
-from proxy.runs import RunTracker, Seen
-from proxy.store.migrations import price_rows
+from proxy.record.migrations import price_rows
 from proxy.testing.scripts import Script
 from tests.conftest import RAW_KEY
 

@@ -2,14 +2,14 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 
-from proxy.admin import make_admin_app
+from proxy.admin.listener import make_admin_app
+from proxy.apis.assistants.runs import RunTracker
 from proxy.app import PARTS
 from proxy.budgets.gate import Budgets, prices_from
 from proxy.budgets.ledger import Ledger
 from proxy.budgets.report import COLUMNS, figures, register_collector, remaining_tokens, tick
 from proxy.budgets.settings import BudgetsSettings
-from proxy.runs import RunTracker
-from proxy.store.migrations import price_rows
+from proxy.record.migrations import price_rows
 
 KEY, B, C = "sha256:0123456789abcdef", "sha256:bbbbbbbbbbbbbbbb", "sha256:cccccccccccccccc"
 NOW = 1_800_000_000.0

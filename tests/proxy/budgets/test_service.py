@@ -3,10 +3,10 @@ import contextlib
 import os
 import signal
 
+from proxy.apis.assistants.runs import RunTracker
 from proxy.budgets.service import BudgetService
 from proxy.config import Settings
-from proxy.runs import RunTracker
-from proxy.store.writer import Writer
+from proxy.record.writer import Writer
 
 KEY = "sha256:0123456789abcdef"
 

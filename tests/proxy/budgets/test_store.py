@@ -5,7 +5,7 @@ import pytest
 
 from proxy.budgets.settings import BudgetsSettings
 from proxy.budgets.store import DEFAULT_KEY, limit_rows, load_charges, set_limits
-from proxy.store.migrations import migrate
+from proxy.record.migrations import migrate
 
 KEY = "sha256:0123456789abcdef"
 
