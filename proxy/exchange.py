@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from .apis.assistants.routes import Route
+from .apis.base import Route
 
 
 class Outcome(StrEnum):

@@ -2,8 +2,9 @@
 
 One `Tap` per exchange. `feed()` gets each raw chunk right after it was written to the client;
 it decompresses its own copy when the upstream compressed the body (the client still gets the
-compressed bytes, contract §4), frames SSE with `SseDecoder`, parses each event's JSON once,
-folds it into the `RunTracker`, and hands a `RunEvent` to the observers. A JSON body (a poll, a
+compressed bytes, contract §4), frames SSE with `SseDecoder`, asks the route's API (apis/base.py)
+whether a frame is a delta it keeps raw, parses each other event's JSON once, has the API fold it
+into the run model (runs.py), and hands a `RunEvent` to the observers. A JSON body (a poll, a
 non-stream create) is collected (bounded) and handled the same way at `close()`.
 
 The tap never raises and never awaits: a failure here costs a record, never the stream. Every
@@ -21,10 +22,9 @@ from typing import Any
 
 import orjson
 
-from .apis.assistants.routes import RouteKind
-from .apis.assistants.runs import RunState, RunTracker, Seen, State
 from .exchange import Exchange, Outcome, RunEvent, utcnow
 from .observers import Observers
+from .runs import RunState, RunStore, Seen, State
 from .sse import SseDecoder, SseEvent
 
 log = logging.getLogger("runtap.tap")
@@ -45,8 +45,9 @@ class Tap:
     errors = 0
     """Failures swallowed by all taps since start (a metric reads it)."""
 
-    def __init__(self, ex: Exchange, tracker: RunTracker, observers: Observers, max_body: int) -> None:
+    def __init__(self, ex: Exchange, tracker: RunStore, observers: Observers, max_body: int) -> None:
         self.ex = ex
+        self._api = ex.route.api
         self._tracker = tracker
         self._observers = observers
         self._max_body = max_body
@@ -96,14 +97,11 @@ class Tap:
             self._sse = SseDecoder()
         elif ex.route.recorded:
             self._body = []
-        if (
-            ex.route.kind is RouteKind.SUBMIT_TOOL_OUTPUTS
-            and ex.status is not None and ex.status < 300
-            and ex.request_json is not None and ex.run_id is not None
-        ):
-            changes = self._tracker.tool_outputs_submitted(ex.run_id, ex.request_json, ex.started_at)
-            self._deliver(RunEvent(-1, None, "", ex.request_json, ex.started_at, changes=tuple(changes),
-                                   source="request"))
+        if self._api is not None and ex.status is not None and ex.status < 300:
+            changes = self._api.request_changes(ex, self._tracker, ex.started_at)
+            if changes:
+                self._deliver(RunEvent(-1, None, "", ex.request_json, ex.started_at, changes=tuple(changes),
+                                       source="request"))
 
     def feed(self, chunk: bytes, received: float | None = None) -> None:
         """One raw chunk, as it went to the client (`received`: its epoch time). Never raises."""
@@ -160,13 +158,10 @@ class Tap:
         ex = self.ex
         ex.response_body = body
         obj = parse_object(body)
-        if obj is None:
+        if obj is None or self._api is None:
             return
-        if obj.get("object") == "thread" and isinstance(obj.get("id"), str):
-            ex.thread_id = obj["id"]
         now = utcnow()
-        # An error body ({"error": …}) has no `object` and changes nothing.
-        changes = self._tracker.apply(obj, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
+        changes = self._api.fold(ex, obj, self._tracker, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
         self._deliver(RunEvent(-1, None, "", obj, now, changes=tuple(changes), source="body"))
 
     def _on_sse(self, event: SseEvent, now: datetime) -> None:
@@ -174,17 +169,14 @@ class Tap:
         data = event.data
         obj: dict[str, Any] | None = None
         changes: list[State] = []
-        if event.event == "thread.message.delta" and data.startswith('{"id":"'):
-            # The bulk of a stream: keep it raw, skip the JSON parse (runs.message_delta).
-            self._tracker.message_delta(data[7:data.find('"', 7)], data)
-        else:
+        api = self._api
+        if api is None or not api.keep_raw(ex, event.event, data, self._tracker):
+            # A lifecycle frame (or one no API claims): parsed once, folded into the run model.
             obj = parse_object(data)
             if obj is None:
                 self.done_seen = self.done_seen or event.is_done
-            elif obj.get("object") == "thread" and isinstance(obj.get("id"), str):
-                ex.thread_id = obj["id"]
-            else:
-                changes = self._tracker.apply(obj, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
+            elif api is not None:
+                changes = api.fold(ex, obj, self._tracker, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
         seq = self._seq
         self._seq = ex.event_count = seq + 1
         self._deliver(RunEvent(seq, event.event, data, obj, now, event.raw, tuple(changes)))

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_upstream  # the benchmark's stream, captured from the faithful fake
 
 from proxy import gc_policy  # after the path tweak, to run from a checkout
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.app import PARTS, Parts, make_app
 from proxy.config import Settings
 from proxy.exchange import Exchange, Outcome

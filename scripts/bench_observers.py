@@ -37,7 +37,7 @@ from aiohttp.test_utils import TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.apis.assistants.runs import RunTracker
 from proxy.config import Settings
 from proxy.exchange import Exchange, Outcome, RunEvent, utcnow

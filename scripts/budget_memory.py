@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import duckdb
 import orjson
 
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.apis.assistants.runs import RunTracker
 from proxy.budgets.gate import Budgets, prices_from
 from proxy.budgets.ledger import Ledger

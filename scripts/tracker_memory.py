@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_upstream  # after the path tweak, to run from a checkout
 
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.apis.assistants.runs import RunTracker
 from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observers

@@ -1,7 +1,7 @@
 """Tests mirror the modules they test, and vice versa (mitmproxy's filename_matching.py).
 
 `proxy/x.py` is tested by `tests/proxy/test_x.py`, `proxy/record/x.py` by
-`tests/proxy/store/test_x.py`. `proxy/testing/` is exempt: it is test support (the fake upstream
+`tests/proxy/record/test_x.py`. `proxy/testing/` is exempt: it is test support (the fake upstream
 is exercised by tests/e2e). End-to-end tests live in tests/e2e and mirror nothing.
 """
 

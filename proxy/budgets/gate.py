@@ -30,9 +30,8 @@ import orjson
 from aiohttp import web
 
 from .. import errors
-from ..apis.assistants.routes import RouteKind
-from ..apis.assistants.runs import RunState, RunTracker
 from ..exchange import Exchange
+from ..runs import RunState, RunStore
 from ..tap import parse_object
 from .ledger import SETTLED, Charge, Ledger
 from .settings import LIMITS, MIN_COMPLETION_TOKENS, OTHER, WINDOWS, BudgetLimits, BudgetsSettings
@@ -142,7 +141,7 @@ class Shortfall:
 class Budgets:
     """The budgets in force, the ledger, and who is in flight. One per app; reconfigured on SIGHUP."""
 
-    def __init__(self, settings: BudgetsSettings, prices: Prices, ledger: Ledger, tracker: RunTracker,
+    def __init__(self, settings: BudgetsSettings, prices: Prices, ledger: Ledger, tracker: RunStore,
                  clock: Callable[[], float] = time.time) -> None:
         self.ledger = ledger
         self.tracker = tracker
@@ -212,7 +211,7 @@ class Budgets:
         alias = self.alias(key_id)
         now = self.clock()
         body = parse_object(ex.request_body) if ex.request_body else None
-        if ex.route.kind is RouteKind.SUBMIT_TOOL_OUTPUTS:
+        if ex.route.continues_run:
             return self._continuation(ex, key_id, budget, alias, now, headers)
         need = estimate(body, self.settings.default_reservation_tokens)
         model = body.get("model") if body is not None and isinstance(body.get("model"), str) else None

@@ -21,9 +21,9 @@ from typing import Any
 
 import aiohttp
 
-from ..apis.assistants.runs import STEP_TERMINAL, RunState, StepState
 from ..exchange import Exchange, Outcome, RunEvent
 from ..observers import Observer
+from ..runs import STEP_TERMINAL, RunState, StepState
 from .gate import Budgets, Credentials, usage_of
 from .settings import LIMITS
 

@@ -22,10 +22,10 @@ import duckdb
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ..apis.assistants.runs import RunTracker
 from ..config import Settings
 from ..errors import RuntapError
 from ..record.migrations import price_rows, set_prices
+from ..runs import RunStore
 from .gate import Budgets, prices_from
 from .ledger import Ledger, RowSink
 from .observer import BudgetObserver, upstream_canceller
@@ -39,7 +39,7 @@ FLUSH_TIMEOUT_S = 10.0
 
 
 class BudgetService:
-    def __init__(self, settings: Settings, tracker: RunTracker, sink: RowSink,
+    def __init__(self, settings: Settings, tracker: RunStore, sink: RowSink,
                  session: Callable[[], aiohttp.ClientSession | None]) -> None:
         self.settings = settings
         self.ledger = Ledger(sink)

@@ -6,7 +6,7 @@ calls and messages are partial snapshots merged by key in the database (a NULL n
 known value), so each exchange writes only what it saw.
 
 Delta events (`thread.message.delta`, `thread.run.step.delta`) change state without producing a
-row each; the state they touched is written when the exchange ends (`RunTracker.dirty`).
+row each; the state they touched is written when the exchange ends (`RunStore.dirty`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Any, Protocol
 
-from ..apis.assistants.runs import MessageState, RunState, RunTracker, State, StepState, ToolCallState
 from ..exchange import Exchange, RunEvent
 from ..observers import Observer
+from ..runs import MessageState, RunState, RunStore, State, StepState, ToolCallState
 
 
 class RowSink(Protocol):
@@ -66,7 +66,7 @@ def _text(body: bytes | None) -> str | None:
 class Recorder(Observer):
     name = "recorder"
 
-    def __init__(self, sink: RowSink, tracker: RunTracker, *, record_content: bool = True) -> None:
+    def __init__(self, sink: RowSink, tracker: RunStore, *, record_content: bool = True) -> None:
         self._sink = sink
         self._tracker = tracker
         self._record_content = record_content

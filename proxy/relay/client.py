@@ -164,6 +164,8 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel: Tunnel | None = None
         self._upgrading: ParsedRequest | None = None
         self._discarding: ParsedRequest | None = None
+        self._said_close = False
+        """A request asked to close after its response: nothing behind it is served (RFC 9112 §9.6)."""
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -180,12 +182,15 @@ class ClientConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.from_client(data)
             return
+        if self._said_close:
+            return  # llhttp refuses data after `Connection: close`; it is dropped, the answer still goes out
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data[upgrade.args[0]:])
         except httptools.HttpParserError as e:
-            self._bad_request(str(e))
+            if not self._said_close:
+                self._bad_request(str(e))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
@@ -259,6 +264,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request, self._parsing = self._parsing, None
         if request is not None:
+            self._said_close = not request.keep_alive
             request.finish()
             if request is self._discarding and self.transport is not None:
                 self.transport.close()

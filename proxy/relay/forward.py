@@ -23,12 +23,12 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import errors
-from ..apis.assistants.routes import classify
-from ..apis.assistants.runs import RunTracker
+from ..apis import classify
 from ..config import Settings
 from ..exchange import Exchange, Outcome
 from ..keys import key_id_from_headers
 from ..observers import Observers
+from ..runs import RunStore
 from ..tap import DeferredTap, Tap, TapQueue
 from .client import ClientConnection, ParsedRequest
 from .heads import answer_bytes, request_head
@@ -52,7 +52,7 @@ class ConnectTimeout(Exception):
 class Forwarder:
     """Everything an exchange needs, built once per proxy (app.py)."""
 
-    def __init__(self, pool: UpstreamPool, settings: Settings, observers: Observers, tracker: RunTracker,
+    def __init__(self, pool: UpstreamPool, settings: Settings, observers: Observers, tracker: RunStore,
                  inflight: set[asyncio.Task[None]], admit: Admit | None = None) -> None:
         self.pool = pool
         self._observers = observers

@@ -78,6 +78,9 @@ class ResponseRelay:
         self._drain_timer: asyncio.TimerHandle | None = None
         self._ended = False
         """Not `done.done()`: cancelling the task that awaits `done` cancels the future too."""
+        self._upstream_keep_alive = False
+        self._chunked = False
+        self._body_in_read = 0
 
     # -- the upstream connection's callbacks (UpstreamSink) -------------------------------------
     def upstream_data(self, data: bytes) -> None:
@@ -85,15 +88,10 @@ class ResponseRelay:
         self.bytes_in += len(data)
         if not self._head_written:
             self._head_data(data)
-            return
-        if self._raw:
-            self.client.write(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._fail(Outcome.TRUNCATED, f"ClientPayloadError: {e}")
-            return
-        self._after_feed()
+        elif self._feed(data):
+            if self._raw:
+                self.client.write(data if not self._spoilt else data[:self._message_end(data)])
+            self._after_feed()
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.conn = None
@@ -117,25 +115,32 @@ class ResponseRelay:
 
     # -- llhttp's callbacks -----------------------------------------------------------------------
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        self._reason += reason  # llhttp calls back once per read the reason spans
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._heads_complete == self._interim:  # not a trailer: trailers pass raw
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._complete:  # a stray response's head
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._interim += 1  # `100 Continue` and other interim heads are not relayed
             self._headers = []
+            self._reason = b""
         self._heads_complete += 1
+        # Asked now: llhttp answers False once the message is complete (uvicorn asks here too).
+        self._upstream_keep_alive = self._parser.should_keep_alive()
 
     def on_message_begin(self) -> None:
         if self._heads_complete > self._interim:  # bytes after the response: the connection is spoilt
             self._spoilt = True
 
     def on_body(self, body: bytes) -> None:
-        self._bodies.append(body)
+        if not self._complete:  # never a stray response's body
+            self._bodies.append(body)
+            self._body_in_read += len(body)
 
     def on_message_complete(self) -> None:
         if self._heads_complete > self._interim:
@@ -170,28 +175,61 @@ class ResponseRelay:
             self._end(Outcome.CLIENT_GONE, None)
 
     # -- internals --------------------------------------------------------------------------------
-    def _head_data(self, data: bytes) -> None:
-        self._head_buf += data
+    def _feed(self, data: bytes) -> bool:
+        """Parse one upstream read; False when it broke the response (the exchange has failed).
+
+        Parsed before it is written, so bytes after the response (a broken upstream) are known
+        and never reach the client as part of it."""
+        self._body_in_read = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # a 101 answer to a request that did not ask for it: relayed as a head, then raw
         except httptools.HttpParserError as e:
-            if not self.head.done():
-                self.head.set_exception(UpstreamGone(f"ClientResponseError: {e}"))
+            if self._complete:  # garbage after the response: the connection is spoilt, the response whole
+                self._spoilt = True
+            elif not self._head_written:
+                if not self.head.done():
+                    self.head.set_exception(UpstreamGone(f"ClientResponseError: {e}"))
+                return False
+            else:
+                self._fail(Outcome.TRUNCATED, f"ClientPayloadError: {e}")
+                return False
+        return True
+
+    def _message_end(self, data: bytes) -> int:
+        """How many bytes of `data` (body bytes of this read) belong to the response, when more came.
+
+        Exact for a Content-Length body. A chunked body ends in CRLF CRLF; llhttp does not say
+        where, so the end taken is the first one followed by what reads as a response line
+        (else the last one): a stray response after a chunked one in the same read is a broken
+        upstream's rare fault, and the client connection closes after it either way."""
+        if not self._chunked:
+            return self._body_in_read
+        last, at = len(data), data.find(b"\r\n\r\n")
+        while at != -1:
+            last = at + 4
+            if data.startswith(b"HTTP/", last):
+                break
+            at = data.find(b"\r\n\r\n", last)
+        return last
+
+    def _head_data(self, data: bytes) -> None:
+        self._head_buf += data
+        if not self._feed(data):
             return
         if self._heads_complete <= self._interim:
             if len(self._head_buf) > 256 * 1024 and not self.head.done():
                 self.head.set_exception(UpstreamGone("ClientResponseError: response head too large"))
             return
         end = 0
-        for _ in range(self._heads_complete):
+        for _ in range(self._interim + 1):  # the interim heads, then the response's own
             end = self._head_buf.index(b"\r\n\r\n", end) + 4
         rest = bytes(self._head_buf[end:])
         self._head_buf = bytearray()
         self._write_head()
         if rest and self._raw and not (self.head_only or self._no_body()):
-            self.client.write(rest)
+            self.client.write(rest if not self._spoilt else rest[:self._message_end(rest)])
         if not self.head.done():
             self.head.set_result(None)
         if self.head_only:
@@ -215,7 +253,7 @@ class ResponseRelay:
         ex.upstream_request_id = request_id.decode("latin-1") if request_id is not None else None
         framing: bytes | None = None
         length = header(headers, b"content-length")
-        chunked = (header(headers, b"transfer-encoding") or b"").lower().endswith(b"chunked")
+        self._chunked = chunked = (header(headers, b"transfer-encoding") or b"").lower().endswith(b"chunked")
         body_allowed = not (self.head_only or status in _NO_BODY_STATUS)
         if chunked:
             if self.client.http10 and body_allowed:
@@ -251,7 +289,7 @@ class ResponseRelay:
     def _finish(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
-            if self._spoilt or self._close_delimited or not self._parser.should_keep_alive():
+            if self._spoilt or self._close_delimited or not self._upstream_keep_alive:
                 conn.sink = None
                 conn.close()
             else:

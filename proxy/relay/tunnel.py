@@ -75,7 +75,8 @@ class Tunnel:
         except (OSError, TimeoutError) as e:
             forwarder.answer_error(self.client, ex, e, connect=True)
             self._ended = True
-            self.client.abort()
+            if self.client.transport is not None:
+                self.client.transport.close()  # after the answer: never a tunnel on this connection
             return
         self._up = side
         assert side.transport is not None

@@ -30,9 +30,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from ..apis.assistants.runs import STEP_TERMINAL, RunState, RunTracker, StepState, ToolCallState
 from ..exchange import Exchange, RunEvent
 from ..observers import Observer
+from ..runs import STEP_TERMINAL, RunState, RunStore, StepState, ToolCallState
 from ..tap import Tap
 from . import semconv as sc
 from .instruments import LoopCounter, LoopHistogram
@@ -115,7 +115,7 @@ class MetricsObserver(Observer):
 
     name = "metrics"
 
-    def __init__(self, registry: CollectorRegistry, tracker: RunTracker | None = None, *,
+    def __init__(self, registry: CollectorRegistry, tracker: RunStore | None = None, *,
                  key_alias: KeyAlias = no_alias, max_tracked: int = 50_000, label_cap: int = 100) -> None:
         self._tracker = tracker
         self._key_alias = key_alias
@@ -304,7 +304,7 @@ class RecorderCollector:
             yield CounterMetricFamily(name, doc, value=value)
 
 
-def make_registry(writer: WriterStats, tracker: RunTracker, *, key_alias: KeyAlias = no_alias,
+def make_registry(writer: WriterStats, tracker: RunStore, *, key_alias: KeyAlias = no_alias,
                   max_tracked: int = 50_000) -> tuple[CollectorRegistry, MetricsObserver]:
     """The app's own registry (never the global REGISTRY: two apps in one process, as in tests,
     must not share series) with the recorder collector and the metrics observer registered."""

@@ -37,10 +37,9 @@ from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
-from ..apis.assistants.routes import RouteKind
-from ..apis.assistants.runs import STEP_TERMINAL, RunState, RunTracker, StepState, ToolCallState
 from ..exchange import Exchange, RunEvent
 from ..observers import Observer
+from ..runs import STEP_TERMINAL, RunState, RunStore, StepState, ToolCallState
 from . import semconv as sc
 from .spans import SpanRecord, Spans
 
@@ -52,7 +51,6 @@ RUN_ID = "runtap.run.id"
 RUN_STATUS = "runtap.run.status"
 RUN_ABANDONED = "runtap.run.abandoned"
 STEP_TYPE = "runtap.step.type"
-_CREATES = frozenset({RouteKind.CREATE_THREAD_AND_RUN, RouteKind.CREATE_RUN})
 _DELTAS = frozenset({"thread.message.delta", "thread.run.step.delta"})
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -101,7 +99,7 @@ class _Run:
 class TracingObserver(Observer):
     name = "tracing"
 
-    def __init__(self, spans: Spans, tracker: RunTracker | None = None, *, upstream: str = "",
+    def __init__(self, spans: Spans, tracker: RunStore | None = None, *, upstream: str = "",
                  capture_content: bool = False, max_open_runs: int = 10_000, abandoned_run_s: float = 3600.0,
                  clock_ns: Any = time.time_ns) -> None:
         self._spans = spans
@@ -130,7 +128,7 @@ class TracingObserver(Observer):
     def response_started(self, ex: Exchange) -> None:
         if self._timer is None:
             self._arm()
-        if ex.route.kind in _CREATES:
+        if (ex.route.creates_run and not ex.route.continues_run):
             rec = self._pending[ex.request_id] = self._start_run(ex)
             ex.trace_id = rec.trace_id
         elif ex.run_id is not None:
@@ -156,7 +154,7 @@ class TracingObserver(Observer):
 
     def exchange_finished(self, ex: Exchange) -> None:
         rec = self._pending.pop(ex.request_id, None)
-        if rec is None and ex.route.kind in _CREATES and ex.trace_id is None:
+        if rec is None and (ex.route.creates_run and not ex.route.continues_run) and ex.trace_id is None:
             rec = self._start_run(ex)  # runtap answered itself (413, 502, 504): no response_started
             ex.trace_id = rec.trace_id
         if rec is not None and rec.run_id is None:

@@ -41,8 +41,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
-from ..apis.assistants.runs import RunTracker
 from ..config import Settings
+from ..runs import RunStore
 from .otlp_encode import OtlpEncoder
 from .otlp_http import OtlpHttpExporter
 from .run_spans import TracingObserver
@@ -173,7 +173,7 @@ class Tracing:
         self.pipeline.shutdown()
 
 
-def make_tracing(settings: Settings, tracker: RunTracker | None = None, *,
+def make_tracing(settings: Settings, tracker: RunStore | None = None, *,
                  registry: CollectorRegistry | None = None, env: Mapping[str, str] | None = None,
                  exporter: SpanExporter | None = None, batch: bool = True) -> Tracing | None:
     """The app's tracing, or None (nothing built, nothing to pay) when no endpoint is configured.

@@ -19,7 +19,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.apis.assistants.runs import RUN_TERMINAL, RunTracker, Seen
 from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observers

@@ -2,7 +2,7 @@ import re
 import subprocess
 import sys
 
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.exchange import Exchange, Outcome, new_request_id
 
 

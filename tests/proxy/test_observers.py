@@ -1,4 +1,4 @@
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.exchange import Exchange, Outcome, RunEvent, utcnow
 from proxy.observers import Observer, Observers
 from proxy.testing.replay import Capture, replay

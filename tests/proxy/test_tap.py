@@ -4,7 +4,7 @@ import time
 
 import orjson
 
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.apis.assistants.runs import RunState, RunTracker, ToolCallState
 from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observer, Observers

@@ -8,9 +8,14 @@ metric label; the ids are for rows and spans.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from ..base import OTHER, Route
+
+if TYPE_CHECKING:
+    from ..base import Api
 
 
 class RouteKind(StrEnum):
@@ -25,24 +30,6 @@ class RouteKind(StrEnum):
     MESSAGES = "messages"
     THREAD = "thread"
     OTHER = "other"
-
-
-@dataclass(slots=True, frozen=True)
-class Route:
-    kind: RouteKind
-    template: str
-    thread_id: str | None = None
-    run_id: str | None = None
-    step_id: str | None = None
-
-    @property
-    def recorded(self) -> bool:
-        """Routes whose request body runtap reads whole (threads, runs, steps, messages)."""
-        return self.kind is not RouteKind.OTHER
-
-    @property
-    def creates_run(self) -> bool:
-        return self.kind in _RUN_CREATING
 
 
 _RUN_CREATING = frozenset(
@@ -75,15 +62,19 @@ _TABLE: tuple[tuple[str, re.Pattern[str], RouteKind, str], ...] = tuple(
 _PREFIXES = ("/v1", "/openai")
 
 
+def classify(method: str, path: str, api: Api | None = None) -> Route:
+    """The Assistants route of a request (`api`: the Api the route names), `OTHER` when it has none."""
+    return _classify(method, path, api)
+
+
 @lru_cache(maxsize=4096)
-def classify(method: str, path: str) -> Route:
-    """Route of a request. Cached: the same few paths repeat, and this runs per request."""
+def _classify(method: str, path: str, api: Api | None) -> Route:
     for prefix in _PREFIXES:
         if path.startswith(prefix + "/"):
             rest = path[len(prefix):]
             break
     else:
-        return Route(RouteKind.OTHER, "other")
+        return OTHER
     for want, pattern, kind, template in _TABLE:
         if want != "*" and want != method:
             continue
@@ -99,5 +90,8 @@ def classify(method: str, path: str) -> Route:
             thread_id=ids[0] if ids else None,
             run_id=ids[1] if len(ids) > 1 and kind is not RouteKind.MESSAGES else None,
             step_id=ids[2] if len(ids) > 2 else None,
+            api=api,
+            creates_run=kind in _RUN_CREATING,
+            continues_run=kind is RouteKind.SUBMIT_TOOL_OUTPUTS,
         )
-    return Route(RouteKind.OTHER, "other")
+    return OTHER

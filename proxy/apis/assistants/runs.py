@@ -12,23 +12,33 @@ Rules this module owns (issue #3):
   (a poll answered before the stream's end arrived) and is not applied.
 - Usage is a cumulative snapshot (protocol.md §2.5): the latest run usage replaces the previous
   one, it is never added, so a run is counted once however many exchanges it spans.
-- Memory is bounded: at most `max_runs` runs are tracked, least recently touched evicted first.
-  The recording stays right after an eviction because rows are merged in the database, where a
-  NULL never erases a known value (store/writer.py).
+- The states themselves, and their bounded store, are the API-neutral run model (proxy/runs.py).
 """
 
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from sys import intern
 from typing import Any
 
 import orjson
 
-RUN_TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled", "expired"})
+from ...runs import (
+    RUN_TERMINAL,
+    STEP_TERMINAL,
+    MessageState,
+    RunState,
+    RunStore,
+    Seen,
+    State,
+    StepState,
+    ToolCallState,
+)
+
+__all__ = ["RUN_TERMINAL", "RUN_TRANSITIONS", "STEP_TERMINAL", "STEP_TRANSITIONS", "MessageState", "RunState",
+           "RunTracker", "Seen", "State", "StepState", "ToolCallState"]
+
 _RUN_ACTIVE = ("queued", "in_progress", "requires_action", "cancelling")
 # Rule 1: every transition a run may make. Terminal statuses have no exits.
 RUN_TRANSITIONS: dict[str, frozenset[str]] = {
@@ -39,7 +49,6 @@ RUN_TRANSITIONS: dict[str, frozenset[str]] = {
     "cancelling": frozenset({"cancelling", *RUN_TERMINAL}),
     **{status: frozenset() for status in RUN_TERMINAL},
 }
-STEP_TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
 # Rule 2: every transition a run step may make.
 STEP_TRANSITIONS: dict[str, frozenset[str]] = {
     "in_progress": frozenset({"in_progress", *STEP_TERMINAL}),
@@ -72,160 +81,8 @@ def _moves(table: dict[str, frozenset[str]], old: str | None, new: Any) -> bool:
     return old is None or new == old or new in table.get(old, frozenset({new}))
 
 
-@dataclass(slots=True)
-class ToolCallState:
-    tool_call_id: str
-    run_id: str | None
-    step_id: str | None = None
-    type: str | None = None
-    name: str | None = None
-    arguments: str | None = None
-    output: str | None = None
-    requested_at: datetime | None = None
-    submitted_at: datetime | None = None
-    call_index: int | None = None
-    complete: bool = False
-    """The arguments are whole (from requires_action): a fragment seen later is not appended."""
-
-
-@dataclass(slots=True)
-class StepState:
-    step_id: str
-    run_id: str | None
-    thread_id: str | None = None
-    type: str | None = None
-    status: str | None = None
-    created_at: datetime | None = None
-    ended_at: datetime | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    last_error_code: str | None = None
-    last_error_message: str | None = None
-    message_id: str | None = None
-    first_seen_at: datetime | None = None
-    last_seen_at: datetime | None = None
-    calls_by_index: dict[int, ToolCallState] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class MessageState:
-    message_id: str
-    thread_id: str | None = None
-    run_id: str | None = None
-    assistant_id: str | None = None
-    role: str | None = None
-    status: str | None = None
-    snapshot_text: str | None = None
-    """The text of the latest full message object."""
-    created_at: datetime | None = None
-    completed_at: datetime | None = None
-    incomplete_reason: str | None = None
-    delta_data: list[str] = field(default_factory=list)
-    """Raw `thread.message.delta` data, parsed only if no full snapshot ever arrives."""
-
-    @property
-    def text(self) -> str | None:
-        """The full text: the snapshot's, else what the deltas said so far (a stream that broke
-        off still records its partial answer). Parsed here, when a row is written, not per delta."""
-        if self.snapshot_text is not None or not self.delta_data:
-            return self.snapshot_text
-        parts: list[str] = []
-        for data in self.delta_data:
-            try:
-                obj = orjson.loads(data)
-                content = obj["delta"].get("content") or ()
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                continue
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), dict):
-                    value = part["text"].get("value")
-                    if isinstance(value, str):
-                        parts.append(value)
-        return "".join(parts)
-
-
-@dataclass(slots=True)
-class RunState:
-    run_id: str
-    thread_id: str | None = None
-    assistant_id: str | None = None
-    model: str | None = None
-    status: str | None = None
-    key_id: str | None = None
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    expires_at: datetime | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    last_error_code: str | None = None
-    last_error_message: str | None = None
-    incomplete_reason: str | None = None
-    tool_rounds: int = 0
-    trace_id: str | None = None
-    max_prompt_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    request_count: int = 0
-    first_seen_at: datetime | None = None
-    last_seen_at: datetime | None = None
-    last_request_id: str | None = None
-    pending_call_ids: frozenset[str] = frozenset()
-    counted_call_ids: frozenset[str] = frozenset()
-    """Every call id of a round already counted in `tool_rounds` (each round has fresh ids)."""
-    steps: dict[str, StepState] = field(default_factory=dict)
-    tool_calls: dict[str, ToolCallState] = field(default_factory=dict)
-    messages: dict[str, MessageState] = field(default_factory=dict)
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in RUN_TERMINAL
-
-
-State = RunState | StepState | ToolCallState | MessageState
-
-
-@dataclass(slots=True)
-class Seen:
-    """Who saw an object and when: the exchange's request id, key and trace, and the time."""
-
-    request_id: str
-    key_id: str | None
-    trace_id: str | None
-    at: datetime
-
-
-class RunTracker:
-    def __init__(self, max_runs: int = 50_000) -> None:
-        self.max_runs = max_runs
-        self.runs: OrderedDict[str, RunState] = OrderedDict()
-        self._steps: dict[str, StepState] = {}
-        self._messages: dict[str, MessageState] = {}
-        self.dirty: dict[int, State] = {}
-        """States changed by deltas only; the recorder writes them when an exchange ends."""
-
-    # -- lookups ---------------------------------------------------------------------------
-    def run(self, run_id: str) -> RunState:
-        state = self.runs.get(run_id)
-        if state is None:
-            state = self.runs[run_id] = RunState(run_id)
-            if len(self.runs) > self.max_runs:
-                self._evict(self.runs.popitem(last=False)[1])
-        else:
-            self.runs.move_to_end(run_id)
-        return state
-
-    def _evict(self, run: RunState) -> None:
-        for step_id in run.steps:
-            self._steps.pop(step_id, None)
-        for message_id in run.messages:
-            self._messages.pop(message_id, None)
-
-    def drain_dirty(self) -> list[State]:
-        states = list(self.dirty.values())
-        self.dirty.clear()
-        return states
+class RunTracker(RunStore):
+    """The Assistants state machine over the run model: folds run, step and message objects in."""
 
     # -- objects -----------------------------------------------------------------------------
     def apply(self, obj: dict[str, Any], seen: Seen) -> list[State]:
@@ -322,21 +179,6 @@ class RunTracker:
             changed.append(state)
         return changed
 
-    def _tool_call(self, run: RunState, call_id: str) -> ToolCallState:
-        state = run.tool_calls.get(call_id)
-        if state is None:
-            state = run.tool_calls[call_id] = ToolCallState(call_id, run.run_id)
-        return state
-
-    def _step(self, step_id: str, run_id: str | None) -> StepState:
-        step = self._steps.get(step_id)
-        if step is None:
-            run = None if run_id is None else self.run(run_id)
-            step = self._steps[step_id] = StepState(step_id, None if run is None else run.run_id)
-            if run is not None:
-                run.steps[step_id] = step
-        return step
-
     def _apply_step(self, obj: dict[str, Any], seen: Seen) -> list[State]:
         step_id = obj.get("id")
         if not isinstance(step_id, str):
@@ -429,17 +271,6 @@ class RunTracker:
             # The raw deltas only stood in for the text until now; held for up to max_tracked_runs
             # runs they were about half of the tracker's memory (scripts/soak.py).
             message.delta_data = []
-        return message
-
-    def _message(self, message_id: str, run_id: str | None) -> MessageState:
-        message = self._messages.get(message_id)
-        if message is None:
-            run = None if run_id is None else self.run(run_id)
-            owner = None if run is None else run.run_id  # the run's copy of the id: one string, not two
-            message = self._messages[message_id] = MessageState(message_id, run_id=owner)
-            if run is not None:
-                run.messages[message_id] = message
-        message.run_id = message.run_id or run_id
         return message
 
     def message_delta(self, message_id: str, data: str) -> None:

@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.apis.assistants.runs import RunTracker, Seen
 from proxy.budgets.gate import Budgets, Credentials, Prices, estimate, prices_from
 from proxy.budgets.ledger import Ledger

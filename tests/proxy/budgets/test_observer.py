@@ -3,7 +3,7 @@ import asyncio
 import aiohttp
 import orjson
 
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.apis.assistants.runs import RunTracker, Seen
 from proxy.budgets.gate import Budgets, Credentials, prices_from
 from proxy.budgets.ledger import RELEASED, RESERVED, SETTLED, Ledger

@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.apis.assistants.runs import RunTracker, Seen
 from proxy.exchange import Exchange, Outcome, RunEvent
 from proxy.record.recorder import Recorder

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.admin.listener import make_admin_app
-from proxy.apis.assistants.routes import classify
+from proxy.apis import classify
 from proxy.app import PARTS, make_app
 from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observer, Observers

@@ -1,6 +1,7 @@
 import pytest
 
-from proxy.apis.assistants.routes import RouteKind, classify
+from proxy.apis import ASSISTANTS, classify
+from proxy.apis.assistants.routes import RouteKind
 
 
 @pytest.mark.parametrize("prefix", ["/v1", "/openai"])
@@ -33,7 +34,7 @@ def test_assistants_routes_after_either_prefix(prefix, method, path, kind, templ
     assert route.kind is kind
     assert route.template == f"{method} {prefix}{template}"
     assert (route.thread_id, route.run_id, route.step_id) == ids
-    assert route.recorded
+    assert route.recorded and route.api is ASSISTANTS
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,7 @@ def test_assistants_routes_after_either_prefix(prefix, method, path, kind, templ
 )
 def test_other_routes_stream_through_with_a_bounded_label(path):
     route = classify("POST", path)
-    assert route.kind is RouteKind.OTHER
+    assert route.kind == RouteKind.OTHER and not route.recorded
     assert route.template == "other"
     assert not route.recorded
 
@@ -51,3 +52,9 @@ def test_run_creating_routes():
     assert classify("POST", "/v1/threads/t/runs").creates_run
     assert classify("POST", "/v1/threads/t/runs/r/submit_tool_outputs").creates_run
     assert not classify("GET", "/v1/threads/t/runs/r").creates_run
+
+
+def test_only_submit_tool_outputs_continues_a_run():
+    assert classify("POST", "/v1/threads/t/runs/r/submit_tool_outputs").continues_run
+    assert not classify("POST", "/v1/threads/t/runs").continues_run
+    assert not classify("POST", "/v1/threads/runs").continues_run

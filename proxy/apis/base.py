@@ -1,0 +1,73 @@
+"""What the core asks of an API: one small interface, one implementation per API (apis/<name>/).
+
+The relay, the tap, the recorder and the observers know no API by name. For each request the
+core asks the registry (apis/__init__.py) for a `Route`; the route names its `Api`, and the tap asks
+that API three things as the response goes by:
+- `keep_raw`: is this SSE frame a delta, recorded as it came but never parsed on the loop? (The bulk
+  of a stream; decided from the `event:` name and the data's first bytes, before any JSON parse.)
+- `fold`: a lifecycle object (an SSE event's data or a JSON body) folded into the run model
+  (proxy/runs.py): which run, step, tool-call and message states changed.
+- `request_changes`: what the request itself changed once the upstream accepted it (tool outputs
+  a client submitted).
+Routes no API claims are relayed and recorded as requests only (`OTHER`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..exchange import Exchange
+    from ..runs import RunStore, Seen, State
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    """Which route of which API a request is, from its method and path alone."""
+
+    kind: str
+    """The API's own name for the route (`create_run`, ...); `other` for a route no API claims."""
+    template: str
+    """`POST /v1/threads/{thread_id}/runs`: a bounded metric label; the ids go to rows and spans."""
+    thread_id: str | None = None
+    run_id: str | None = None
+    step_id: str | None = None
+    api: Api | None = None
+    """None: relayed, its request recorded, its body neither read whole nor parsed."""
+    creates_run: bool = False
+    """The request starts or continues a run: budget admission applies before it is forwarded."""
+    continues_run: bool = False
+    """The request continues a run it names (tool outputs): no new run, the budget's reservation grows."""
+
+    @property
+    def recorded(self) -> bool:
+        """Routes whose request body runtap reads whole (bounded) and whose responses it parses."""
+        return self.api is not None
+
+
+OTHER = Route("other", "other")
+
+
+class Api:
+    """The base every API implements; the defaults are an API with no runs."""
+
+    name: ClassVar[str] = "none"
+
+    def classify(self, method: str, path: str) -> Route | None:
+        """This API's route for the request, or None when it is not one of this API's."""
+        return None
+
+    def keep_raw(self, ex: Exchange, event: str | None, data: str, store: RunStore) -> bool:
+        """True for a delta frame: recorded as it came, given to `store` raw (the API's stitcher may
+        keep it for a stream that breaks off), never parsed on the loop."""
+        return False
+
+    def fold(self, ex: Exchange, obj: dict[str, Any], store: RunStore, seen: Seen) -> list[State]:
+        """A lifecycle object into the run model; returns the states whose snapshot changed."""
+        return []
+
+    def request_changes(self, ex: Exchange, store: RunStore, at: datetime) -> list[State]:
+        """What the request changed, once the upstream accepted it (its status is below 300)."""
+        return []

@@ -1,0 +1,205 @@
+"""The run model every API records into: runs, steps, tool calls and messages, kept across exchanges.
+
+These are the contract's tables (`runs`, `run_steps`, `tool_calls`, `messages`) as in-memory state:
+what the recorder writes, what metrics, spans and budgets read. An API's stitcher (for Assistants,
+`apis/assistants/runs.py`) folds the objects its streams and bodies carry into them; nothing here
+knows any API's objects or events.
+
+Memory is bounded: at most `max_runs` runs are tracked, least recently touched evicted first. The
+recording stays right after an eviction because rows are merged in the database, where a NULL never
+erases a known value (record/writer.py).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+
+RUN_TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled", "expired"})
+STEP_TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
+
+
+@dataclass(slots=True)
+class ToolCallState:
+    tool_call_id: str
+    run_id: str | None
+    step_id: str | None = None
+    type: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | None = None
+    requested_at: datetime | None = None
+    submitted_at: datetime | None = None
+    call_index: int | None = None
+    complete: bool = False
+    """The arguments are whole (from requires_action): a fragment seen later is not appended."""
+
+
+@dataclass(slots=True)
+class StepState:
+    step_id: str
+    run_id: str | None
+    thread_id: str | None = None
+    type: str | None = None
+    status: str | None = None
+    created_at: datetime | None = None
+    ended_at: datetime | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    last_error_code: str | None = None
+    last_error_message: str | None = None
+    message_id: str | None = None
+    first_seen_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    calls_by_index: dict[int, ToolCallState] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class MessageState:
+    message_id: str
+    thread_id: str | None = None
+    run_id: str | None = None
+    assistant_id: str | None = None
+    role: str | None = None
+    status: str | None = None
+    snapshot_text: str | None = None
+    """The text of the latest full message object."""
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
+    incomplete_reason: str | None = None
+    delta_data: list[str] = field(default_factory=list)
+    """Raw `thread.message.delta` data, parsed only if no full snapshot ever arrives."""
+
+    @property
+    def text(self) -> str | None:
+        """The full text: the snapshot's, else what the deltas said so far (a stream that broke
+        off still records its partial answer). Parsed here, when a row is written, not per delta."""
+        if self.snapshot_text is not None or not self.delta_data:
+            return self.snapshot_text
+        parts: list[str] = []
+        for data in self.delta_data:
+            try:
+                obj = orjson.loads(data)
+                content = obj["delta"].get("content") or ()
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                continue
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), dict):
+                    value = part["text"].get("value")
+                    if isinstance(value, str):
+                        parts.append(value)
+        return "".join(parts)
+
+
+@dataclass(slots=True)
+class RunState:
+    run_id: str
+    thread_id: str | None = None
+    assistant_id: str | None = None
+    model: str | None = None
+    status: str | None = None
+    key_id: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    expires_at: datetime | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    last_error_code: str | None = None
+    last_error_message: str | None = None
+    incomplete_reason: str | None = None
+    tool_rounds: int = 0
+    trace_id: str | None = None
+    max_prompt_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    request_count: int = 0
+    first_seen_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    last_request_id: str | None = None
+    pending_call_ids: frozenset[str] = frozenset()
+    counted_call_ids: frozenset[str] = frozenset()
+    """Every call id of a round already counted in `tool_rounds` (each round has fresh ids)."""
+    steps: dict[str, StepState] = field(default_factory=dict)
+    tool_calls: dict[str, ToolCallState] = field(default_factory=dict)
+    messages: dict[str, MessageState] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in RUN_TERMINAL
+
+
+State = RunState | StepState | ToolCallState | MessageState
+
+
+@dataclass(slots=True)
+class Seen:
+    """Who saw an object and when: the exchange's request id, key and trace, and the time."""
+
+    request_id: str
+    key_id: str | None
+    trace_id: str | None
+    at: datetime
+
+
+class RunStore:
+    """Every tracked run and its steps, calls and messages, found by id."""
+
+    def __init__(self, max_runs: int = 50_000) -> None:
+        self.max_runs = max_runs
+        self.runs: OrderedDict[str, RunState] = OrderedDict()
+        self._steps: dict[str, StepState] = {}
+        self._messages: dict[str, MessageState] = {}
+        self.dirty: dict[int, State] = {}
+        """States changed by deltas only; the recorder writes them when an exchange ends."""
+
+    def run(self, run_id: str) -> RunState:
+        state = self.runs.get(run_id)
+        if state is None:
+            state = self.runs[run_id] = RunState(run_id)
+            if len(self.runs) > self.max_runs:
+                self._evict(self.runs.popitem(last=False)[1])
+        else:
+            self.runs.move_to_end(run_id)
+        return state
+
+    def _evict(self, run: RunState) -> None:
+        for step_id in run.steps:
+            self._steps.pop(step_id, None)
+        for message_id in run.messages:
+            self._messages.pop(message_id, None)
+
+    def drain_dirty(self) -> list[State]:
+        states = list(self.dirty.values())
+        self.dirty.clear()
+        return states
+
+    def _tool_call(self, run: RunState, call_id: str) -> ToolCallState:
+        state = run.tool_calls.get(call_id)
+        if state is None:
+            state = run.tool_calls[call_id] = ToolCallState(call_id, run.run_id)
+        return state
+
+    def _step(self, step_id: str, run_id: str | None) -> StepState:
+        step = self._steps.get(step_id)
+        if step is None:
+            run = None if run_id is None else self.run(run_id)
+            step = self._steps[step_id] = StepState(step_id, None if run is None else run.run_id)
+            if run is not None:
+                run.steps[step_id] = step
+        return step
+
+    def _message(self, message_id: str, run_id: str | None) -> MessageState:
+        message = self._messages.get(message_id)
+        if message is None:
+            run = None if run_id is None else self.run(run_id)
+            owner = None if run is None else run.run_id  # the run's copy of the id: one string, not two
+            message = self._messages[message_id] = MessageState(message_id, run_id=owner)
+            if run is not None:
+                run.messages[message_id] = message
+        message.run_id = message.run_id or run_id
+        return message
