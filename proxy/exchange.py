@@ -113,8 +113,13 @@ class Exchange:
         return True
 
 
+RawFrame = tuple[int, "str | None", str, datetime]
+"""A delta frame its API keeps raw (apis/base.py `keep_raw`): (seq, SSE event name, data, received_at).
+Not parsed and not a `RunEvent`: these are most of a stream, handed to observers in batches."""
+
+
 # Not frozen: a frozen dataclass costs ~1.6 us to build against ~0.4 us, and one is built per
-# event on the tee path. Treat instances as immutable all the same.
+# lifecycle event on the tee path. Treat instances as immutable all the same.
 @dataclass(slots=True)
 class RunEvent:
     """One thing the upstream told us about a run: an SSE event, or a JSON body (a snapshot).

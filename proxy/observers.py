@@ -2,12 +2,15 @@
 
 Hook order per exchange (the documented contract every observer relies on)::
 
-    exchange_started → response_started? → run_event* → exchange_finished
+    exchange_started → response_started? → (run_event | raw_frames)* → exchange_finished
 
 - `exchange_started`: the request is known (route, key_id, body); nothing sent upstream yet.
 - `response_started`: the upstream's status and headers have gone to the client.
 - `run_event`: one event of a run (an SSE event, or the snapshot in a JSON body), after its
   bytes went to the client.
+- `raw_frames`: consecutive delta frames the route's API keeps raw (`exchange.RawFrame`, never
+  parsed), in one call: most of a stream, so an observer pays one call per batch, not per frame.
+  Sequence numbers interleave with `run_event`'s in stream order.
 - `exchange_finished`: exactly once, whatever the outcome (`Exchange.finish` guards it).
 
 Hooks run on the event loop: they must not block, await, or touch the bytes. An observer that
@@ -22,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from .exchange import Exchange, RunEvent
+from .exchange import Exchange, RawFrame, RunEvent
 
 log = logging.getLogger("runtap.observers")
 
@@ -39,6 +42,9 @@ class Observer:
         pass
 
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
+        pass
+
+    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
         pass
 
     def exchange_finished(self, ex: Exchange) -> None:
@@ -72,6 +78,7 @@ class Observers(Observer):
         self._exchange_started = _hooked(observers, "exchange_started")
         self._response_started = _hooked(observers, "response_started")
         self._run_event = _hooked(observers, "run_event")
+        self._raw_frames = _hooked(observers, "raw_frames")
         self._exchange_finished = _hooked(observers, "exchange_finished")
         self.failures: Counter[tuple[str, str]] = Counter()
         self._on_error = on_error
@@ -106,6 +113,13 @@ class Observers(Observer):
                 hook(ex, event)
             except Exception:
                 self._failed(observer, "run_event")
+
+    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+        for observer, hook in self._raw_frames:
+            try:
+                hook(ex, frames)
+            except Exception:
+                self._failed(observer, "raw_frames")
 
     def exchange_finished(self, ex: Exchange) -> None:
         for observer, hook in self._exchange_finished:

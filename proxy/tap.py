@@ -4,7 +4,9 @@ One `Tap` per exchange. `feed()` gets each raw chunk right after it was written 
 it decompresses its own copy when the upstream compressed the body (the client still gets the
 compressed bytes, contract §4), frames SSE with `SseDecoder`, asks the route's API (apis/base.py)
 whether a frame is a delta it keeps raw, parses each other event's JSON once, has the API fold it
-into the run model (runs.py), and hands a `RunEvent` to the observers. A JSON body (a poll, a
+into the run model (runs.py), and hands a `RunEvent` to the observers. Delta frames are neither
+parsed nor made events: they gather as `RawFrame` tuples and go to the observers in one
+`raw_frames` call per batch (before the next lifecycle event, and at each `flush()`). A JSON body (a poll, a
 non-stream create) is collected (bounded) and handled the same way at `close()`.
 
 The tap never raises and never awaits: a failure here costs a record, never the stream. Every
@@ -22,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .exchange import Exchange, Outcome, RunEvent, utcnow
+from .exchange import Exchange, Outcome, RawFrame, RunEvent, utcnow
 from .observers import Observers
 from .runs import RunState, RunStore, Seen, State
 from .sse import SseDecoder, SseEvent
@@ -57,6 +59,8 @@ class Tap:
         self._inflate: Any = None
         self._seq = 0
         self._last_received: float | None = None
+        self._raw: list[RawFrame] = []
+        """Delta frames not handed to the observers yet: one `raw_frames` call per run of them."""
         self.done_seen = False
         self.body_overflow = False
 
@@ -143,6 +147,7 @@ class Tap:
             self._failed("close")
         finally:
             self._sse = self._body = None
+            self.flush()
 
     # -- events ------------------------------------------------------------------------------
     def _collect(self, chunk: bytes) -> None:
@@ -167,19 +172,28 @@ class Tap:
     def _on_sse(self, event: SseEvent, now: datetime) -> None:
         ex = self.ex
         data = event.data
-        obj: dict[str, Any] | None = None
-        changes: list[State] = []
         api = self._api
-        if api is None or not api.keep_raw(ex, event.event, data, self._tracker):
-            # A lifecycle frame (or one no API claims): parsed once, folded into the run model.
-            obj = parse_object(data)
-            if obj is None:
-                self.done_seen = self.done_seen or event.is_done
-            elif api is not None:
-                changes = api.fold(ex, obj, self._tracker, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
         seq = self._seq
         self._seq = ex.event_count = seq + 1
+        if api is not None and event.raw is None and api.keep_raw(ex, event.event, data, self._tracker):
+            self._raw.append((seq, event.event, data, now))  # a delta: no parse, no event object
+            return
+        # A lifecycle frame (or one no API claims, or a malformed one): parsed once, folded.
+        obj = parse_object(data)
+        changes: list[State] = []
+        if obj is None:
+            self.done_seen = self.done_seen or event.is_done
+        elif api is not None:
+            changes = api.fold(ex, obj, self._tracker, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
+        if self._raw:
+            self.flush()  # observers see the stream in order
         self._deliver(RunEvent(seq, event.event, data, obj, now, event.raw, tuple(changes)))
+
+    def flush(self) -> None:
+        """Hand the pending delta frames to the observers (after each batch of chunks, and at the end)."""
+        if self._raw:
+            frames, self._raw = self._raw, []
+            self._observers.raw_frames(self.ex, frames)
 
     def _deliver(self, event: RunEvent) -> None:
         ex = self.ex
@@ -275,6 +289,7 @@ class DeferredTap:
         feed = self.tap.feed
         for chunk, received in chunks:
             feed(chunk, received)
+        self.tap.flush()
 
     def _finish(self, outcome: Outcome, error: str | None, at: float) -> None:
         self._queue.drain()  # other exchanges' earlier chunks first (this one's included, in order)

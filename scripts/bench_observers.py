@@ -79,6 +79,9 @@ class NullSink:
     def submit_event(self, row: tuple[Any, ...]) -> None:
         pass
 
+    def submit_events(self, rows: list[tuple[Any, ...]]) -> None:
+        pass
+
 
 Exchange_ = tuple[str, str, bytes, bytes]
 """(method, path, request body, response bytes)"""

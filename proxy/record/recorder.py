@@ -14,7 +14,7 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Any, Protocol
 
-from ..exchange import Exchange, RunEvent
+from ..exchange import Exchange, RawFrame, RunEvent
 from ..observers import Observer
 from ..runs import MessageState, RunState, RunStore, State, StepState, ToolCallState
 
@@ -24,6 +24,9 @@ class RowSink(Protocol):
 
     def submit_event(self, row: tuple[Any, ...]) -> None:
         """An `events` row as a tuple in store.writer.EVENT_COLUMNS order (the writer's events lane)."""
+
+    def submit_events(self, rows: list[tuple[Any, ...]]) -> None:
+        """Several `events` rows at once, in order."""
 
 
 _RUN_COLUMNS = (
@@ -107,6 +110,19 @@ class Recorder(Observer):
                 self._sink.submit_event(row)
         for state in event.changes:
             self._submit_state(state)
+
+    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+        run_id, request_id = ex.run_id, ex.request_id
+        if self._record_content:
+            rows = [(request_id, seq, name, data, at, run_id, None) for seq, name, data, at in frames]
+        else:
+            rows = [(request_id, seq, name, None, at, run_id, None) for seq, name, _, at in frames]
+        if run_id is None:
+            self._held.setdefault(request_id, []).extend(rows)
+            return
+        if self._held:
+            self._release(ex)
+        self._sink.submit_events(rows)
 
     def _release(self, ex: Exchange) -> None:
         held = self._held.pop(ex.request_id, None)

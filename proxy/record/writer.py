@@ -267,6 +267,21 @@ class Writer:
             except RuntimeError:  # no loop in this thread: nothing would call it later
                 self.hand_over_events()
 
+    def submit_events(self, rows: list[EventRow]) -> None:
+        """`submit_event` for a batch of rows the recorder built in one expression of a fixed width
+        (its `raw_frames`), so the width is not checked row by row."""
+        if self._closed:
+            self._spill([_event_item(row) for row in rows])
+            return
+        events = self._events
+        was_empty = not events
+        events.extend(rows)
+        if was_empty and events:
+            try:
+                asyncio.get_running_loop().call_soon(self.hand_over_events)
+            except RuntimeError:  # no loop in this thread: nothing would call it later
+                self.hand_over_events()
+
     def hand_over_events(self) -> None:
         """This turn's event rows to the thread, as one queue entry (the loop calls it at the end of
         each turn in which events were submitted, and before closing the writer)."""

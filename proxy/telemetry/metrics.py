@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from ..exchange import Exchange, RunEvent
+from ..exchange import Exchange, RawFrame, RunEvent
 from ..observers import Observer
 from ..runs import STEP_TERMINAL, RunState, RunStore, StepState, ToolCallState
 from ..tap import Tap
@@ -190,7 +190,7 @@ class MetricsObserver(Observer):
         if event.seq == 0 and event.source == "sse":
             self.first_event.observe((ex.route.template,), _elapsed(ex.started_at, event.received_at))
         if self._first_chunk and event.name in _DELTAS:
-            self._first_delta(ex, event)
+            self._first_delta(ex, event.received_at)
         live = self._live
         for state in event.changes:
             kind = type(state)
@@ -217,11 +217,16 @@ class MetricsObserver(Observer):
         run = self._tracker.runs.get(ex.run_id) if self._tracker is not None and ex.run_id else None
         return self._models(run.model if run is not None else None)
 
-    def _first_delta(self, ex: Exchange, event: RunEvent) -> None:
+    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+        # Delta frames: only the first of an exchange's is timed (time to first chunk).
+        if self._first_chunk:
+            self._first_delta(ex, frames[0][3])
+
+    def _first_delta(self, ex: Exchange, received_at: datetime) -> None:
         if self._first_chunk.pop(ex.request_id, None) is None:
             return
         labels = (sc.OP_INVOKE_AGENT, sc.provider_for_path(ex.path), self._model(ex))
-        self.first_chunk.observe(labels, _elapsed(ex.started_at, event.received_at))
+        self.first_chunk.observe(labels, _elapsed(ex.started_at, received_at))
 
     def _run_ended(self, ex: Exchange, run: RunState, at: datetime) -> None:
         status = run.status or UNKNOWN

@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
-from ..exchange import Exchange, RunEvent
+from ..exchange import Exchange, RawFrame, RunEvent
 from ..observers import Observer
 from ..runs import STEP_TERMINAL, RunState, RunStore, StepState, ToolCallState
 from . import semconv as sc
@@ -141,7 +141,7 @@ class TracingObserver(Observer):
             # Most of a stream: content deltas. Once its step's first chunk is timed, `_untimed` is
             # empty and a delta costs two lookups.
             if self._untimed and event.name in _DELTAS and ex.run_id is not None:
-                self._first_chunk(ex.run_id, event)
+                self._first_chunk(ex.run_id, event.received_at)
             return
         for state in event.changes:
             kind = type(state)
@@ -151,6 +151,10 @@ class TracingObserver(Observer):
                 self._on_step(ex, state, event)
             elif kind is ToolCallState:
                 self._on_call(state)
+
+    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+        if self._untimed and ex.run_id is not None:
+            self._first_chunk(ex.run_id, frames[0][3])
 
     def exchange_finished(self, ex: Exchange) -> None:
         rec = self._pending.pop(ex.request_id, None)
@@ -299,11 +303,11 @@ class TracingObserver(Observer):
         self._untimed.clear()
 
     # -- steps and tool calls ---------------------------------------------------------------------
-    def _first_chunk(self, run_id: str, event: RunEvent) -> None:
+    def _first_chunk(self, run_id: str, received_at: datetime) -> None:
         step = self._untimed.pop(run_id, None)
         if step is not None:
             step.timed_first_chunk = True
-            ttfc = max(0, _ns(event.received_at) - step.start_ns) / 1e9
+            ttfc = max(0, _ns(received_at) - step.start_ns) / 1e9
             step.span.attributes[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
 
     def _on_step(self, ex: Exchange, state: StepState, event: RunEvent) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..exchange import Exchange, Outcome, RunEvent
+from ..exchange import Exchange, Outcome, RawFrame, RunEvent
 from ..observers import Observer
 
 
@@ -36,6 +36,11 @@ class Capture(Observer):
 
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
         self.calls.append(("run_event", event))
+
+    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+        # As events, so a test sees the whole stream in order whichever way it was delivered.
+        for seq, name, data, at in frames:
+            self.calls.append(("run_event", RunEvent(seq, name, data, None, at)))
 
     def exchange_finished(self, ex: Exchange) -> None:
         self.calls.append(("exchange_finished", ex.outcome))

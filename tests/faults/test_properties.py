@@ -126,6 +126,10 @@ class Rows:
     def submit_event(self, row: tuple[Any, ...]) -> None:
         self.rows.append(("events", dict(zip(EVENT_COLUMNS, row, strict=True))))
 
+    def submit_events(self, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            self.submit_event(row)
+
 
 def record(exchanges: Sequence[Sequence[bytes]]) -> list[tuple[str, dict[str, Any]]]:
     """What the recorder writes for these exchanges, fed chunk by chunk through a Tap each."""

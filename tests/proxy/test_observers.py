@@ -58,3 +58,26 @@ def test_hooks_are_called_in_order_inherited_ones_too_and_only_where_defined():
     replay(observers, ex, [RunEvent(0, "thread.created", "{}", None, utcnow())])
     assert calls == [("events", 0), ("events", 0), ("inherits", "finished")]
     assert [o.name for o, _ in observers._run_event] == ["events", "inherits"]  # the no-op base is skipped
+
+
+def test_raw_frames_fan_out_in_one_call_and_a_failure_is_isolated():
+    got = []
+
+    class Raw(Observer):
+        name = "raw"
+
+        def raw_frames(self, ex, frames):
+            got.append(list(frames))
+
+    class BrokenRaw(Observer):
+        name = "broken-raw"
+
+        def raw_frames(self, ex, frames):
+            raise RuntimeError("observer bug")
+
+    observers = Observers([BrokenRaw(), Raw(), Observer()])
+    frames = [(3, "thread.message.delta", '{"id":"msg_1"}', utcnow()), (4, "thread.message.delta", "{}", utcnow())]
+    observers.raw_frames(_exchange(), frames)
+    assert got == [frames]
+    assert observers.failures[("broken-raw", "raw_frames")] == 1
+    assert [o.name for o, _ in observers._raw_frames] == ["broken-raw", "raw"]

@@ -220,3 +220,65 @@ def test_a_frame_flushed_at_the_end_keeps_the_arrival_time_of_its_bytes():
     tap.close()
     last = capture.events[-1]
     assert (last.name, last.received_at.timestamp()) == ("done", arrived)
+
+
+def _delta(message_id: str, text: str) -> bytes:
+    return sse("thread.message.delta", {"id": message_id, "object": "thread.message.delta",
+                                        "delta": {"content": [{"index": 0, "type": "text", "text": {"value": text}}]}})
+
+
+class Batches(Observer):
+    name = "batches"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+
+    def run_event(self, ex, event):
+        self.calls.append(("event", [event.seq]))
+
+    def raw_frames(self, ex, frames):
+        self.calls.append(("raw", [seq for seq, *_ in frames]))
+
+
+def test_delta_frames_go_to_the_observers_unparsed_in_one_call_per_batch_in_stream_order():
+    message = {"id": "msg_1", "object": "thread.message", "thread_id": "thread_1", "run_id": "run_1",
+               "role": "assistant", "status": "in_progress", "content": []}
+    stream = b"".join([sse("thread.run.created", RUN), sse("thread.message.created", message),
+                       _delta("msg_1", "Hel"), _delta("msg_1", "lo"), _delta("msg_1", "!"),
+                       sse("thread.message.completed", message | {"status": "completed"}),
+                       _delta("msg_1", "late"), sse("done", "[DONE]")])
+    batches = Batches()
+    ex = Exchange(classify("POST", "/v1/threads/runs"), "POST", "/v1/threads/runs", "", "sha256:k", b"{}")
+    ex.status = 200
+    tap = Tap(ex, RunTracker(), Observers([batches]), 1 << 20)
+    tap.response_started("text/event-stream", None)
+    for i in range(0, len(stream), 50):  # deltas split across chunks: still one batch per run of them
+        tap.feed(stream[i:i + 50])
+    tap.close()
+    assert batches.calls == [("event", [0]), ("event", [1]), ("raw", [2, 3, 4]), ("event", [5]),
+                             ("raw", [6]), ("event", [7])]
+    assert ex.event_count == 8
+
+
+def test_delta_frames_pending_when_a_batch_ends_are_flushed_with_their_data_and_arrival_time():
+    capture = Capture()
+    tap, capture = _tap(capture=capture)
+    tap.response_started("text/event-stream", None)
+    tap.feed(_delta("msg_1", "Hi"), 1_710_000_000.5)
+    assert capture.events == []  # held until the batch ends
+    tap.flush()
+    [event] = capture.events
+    assert (event.seq, event.name, event.obj) == (0, "thread.message.delta", None)
+    assert orjson.loads(event.data)["delta"]["content"][0]["text"]["value"] == "Hi"
+    assert event.received_at.timestamp() == 1_710_000_000.5
+
+
+def test_a_malformed_delta_frame_is_an_event_with_its_raw_bytes():
+    capture = Capture()
+    tap, capture = _tap(capture=capture)
+    tap.response_started("text/event-stream", None)
+    frame = b'event: thread.message.delta\ndata: {"id":"msg_1","delta":\xff}\n\n'
+    tap.feed(frame)
+    tap.close()
+    [event] = capture.events
+    assert event.raw is not None and event.name == "thread.message.delta"

@@ -24,6 +24,10 @@ class Sink:
     def submit_event(self, row):
         self.rows.append(("events", dict(zip(EVENT_COLUMNS, row, strict=True))))
 
+    def submit_events(self, rows):
+        for row in rows:
+            self.submit_event(row)
+
     def table(self, name):
         return [row for table, row in self.rows if table == name]
 
@@ -66,3 +70,24 @@ def test_record_content_false_keeps_ids_and_usage_only():
     assert all(row["request_body"] is None for row in sink.table("requests") if "request_body" in row)
     assert all(e["data"] is None for e in sink.table("events"))
     assert sink.table("runs")[0]["total_tokens"] == 7
+
+
+def test_raw_frames_are_event_rows_held_until_the_run_is_known():
+    sink, tracker = Sink(), RunTracker()
+    recorder = Recorder(sink, tracker, record_content=True)
+    ex = Exchange(classify("POST", "/v1/threads/runs"), "POST", "/v1/threads/runs", "", "sha256:k", b"{}")
+    recorder.raw_frames(ex, [(0, "thread.message.delta", '{"id":"msg_1"}', AT)])
+    assert sink.table("events") == []  # no run id yet: held
+    ex.run_id = "run_1"
+    recorder.raw_frames(ex, [(1, "thread.message.delta", '{"id":"msg_1","x":1}', AT)])
+    assert [(e["seq"], e["data"], e["run_id"], e["received_at"]) for e in sink.table("events")] == [
+        (0, '{"id":"msg_1"}', "run_1", AT), (1, '{"id":"msg_1","x":1}', "run_1", AT)]
+
+
+def test_raw_frames_without_content_keep_no_data():
+    sink = Sink()
+    recorder = Recorder(sink, RunTracker(), record_content=False)
+    ex = Exchange(classify("POST", "/v1/threads/runs"), "POST", "/v1/threads/runs", "", "sha256:k", b"{}")
+    ex.run_id = "run_1"
+    recorder.raw_frames(ex, [(0, "thread.message.delta", '{"id":"msg_1"}', AT)])
+    assert [(e["event"], e["data"]) for e in sink.table("events")] == [("thread.message.delta", None)]

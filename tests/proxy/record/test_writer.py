@@ -602,6 +602,23 @@ async def test_events_lane_gathers_one_turn_of_the_loop_into_one_queue_entry(wri
     assert query(writer, "select count(*), min(seq), max(seq) from events") == [(100, 0, 99)]
 
 
+async def test_events_lane_takes_a_batch_of_rows_in_one_call_into_the_same_queue_entry(writer: Writer) -> None:
+    writer.submit_event(lane(0))
+    writer.submit_events([lane(seq) for seq in range(1, 50)])
+    writer.submit_events([])
+    assert writer._queue.qsize() == 0 and writer.queue_depth == 50
+    await asyncio.sleep(0)
+    assert writer._queue.qsize() <= 1
+    await writer.flush()
+    assert query(writer, "select count(*), min(seq), max(seq) from events") == [(50, 0, 49)]
+
+
+def test_events_lane_batch_after_close_is_spilled_not_lost(writer: Writer) -> None:
+    writer.close()
+    writer.submit_events([lane(0), lane(1)])
+    assert writer.spilled_rows_total == 2
+
+
 def test_events_lane_without_a_running_loop_queues_at_once(writer: Writer) -> None:
     writer.submit_event(lane(0))
     assert writer._events == []
