@@ -115,7 +115,8 @@ class ResponseRelay:
 
     # -- llhttp's callbacks -----------------------------------------------------------------------
     def on_status(self, reason: bytes) -> None:
-        self._reason += reason  # llhttp calls back once per read the reason spans
+        if not self._complete:  # never a stray response's status line
+            self._reason += reason  # llhttp calls back once per read the reason spans
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._heads_complete == self._interim:  # not a trailer: trailers pass raw

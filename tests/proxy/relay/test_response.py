@@ -331,12 +331,12 @@ async def test_bytes_after_the_response_spoil_the_upstream_connection(scripted_r
     proxy, upstream, script = scripted_relay
     answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\non\r\n1\r\ne\r\n0\r\n\r\n" if chunked
               else b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none")
-    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
+    stray = b"HTTP/1.1 200 Stray\r\nContent-Length: 5\r\n\r\nextra"
     script.pieces = [answer + stray] if together else [answer, stray]
     c: RawClient = await raw_client(proxy.port)
     await c.send(get())
     first = await c.response()
-    assert first.body == b"one"
+    assert first.body == b"one" and first.reason == b"OK"
     if together:  # seen with the response: nothing of the stray after it, then the close
         assert await c.closed()
     script.pieces = [b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"]
