@@ -262,10 +262,7 @@ class Writer:
         events = self._events
         events.append(row)
         if len(events) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.hand_over_events)
-            except RuntimeError:  # no loop in this thread: nothing would call it later
-                self.hand_over_events()
+            self._hand_over_at_turn_end()
 
     def submit_events(self, rows: list[EventRow]) -> None:
         """`submit_event` for a batch of rows the recorder built in one expression of a fixed width
@@ -277,10 +274,13 @@ class Writer:
         was_empty = not events
         events.extend(rows)
         if was_empty and events:
-            try:
-                asyncio.get_running_loop().call_soon(self.hand_over_events)
-            except RuntimeError:  # no loop in this thread: nothing would call it later
-                self.hand_over_events()
+            self._hand_over_at_turn_end()
+
+    def _hand_over_at_turn_end(self) -> None:
+        try:
+            asyncio.get_running_loop().call_soon(self.hand_over_events)
+        except RuntimeError:  # no loop in this thread: nothing would call it later
+            self.hand_over_events()
 
     def hand_over_events(self) -> None:
         """This turn's event rows to the thread, as one queue entry (the loop calls it at the end of

@@ -85,10 +85,8 @@ async def test_shutdown_waits_for_the_connections_but_no_longer_than_its_timeout
     await until(lambda: len(upstream.requests) == 1, what="the request upstream")
     server = relay_server(proxy)
     server.pre_shutdown()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await server.shutdown(0.2)  # the response is still held: the timeout ends the wait
-    assert 0.15 <= loop.time() - started < 5
+    async with asyncio.timeout(10):
+        await server.shutdown(0.2)  # the response is still held: its timeout ends the wait
     assert not server.connections.none_open.is_set()
     waiting = asyncio.create_task(server.shutdown(10))
     await settle()

@@ -9,6 +9,7 @@ is recorded with the upstream's status; an unreachable upstream is the contract'
 from __future__ import annotations
 
 import asyncio
+import json
 
 from tests.proxy.relay.conftest import RawClient, Seen, recorded_rows, until
 
@@ -105,5 +106,6 @@ async def test_an_unreachable_upstream_is_a_502(relay_proxy, raw_client, unused_
     await c.send(HANDSHAKE)
     response = await c.response()
     assert response.status == 502
-    assert b'"type": "upstream_error"' in response.body or b'"type":"upstream_error"' in response.body
+    error = json.loads(response.body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "upstream_unreachable"
     assert await c.closed()
