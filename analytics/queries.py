@@ -94,8 +94,12 @@ TOOL_STATS = "select * from tool_stats order by p95_client_ms desc nulls last, c
 PUBLIC_TABLES = """
 select table_name from duckdb_tables()
 where schema_name = 'main' and not internal and table_name not like '\\_%' escape '\\'
-order by table_name
+union all
+select view_name from duckdb_views() where schema_name = 'main' and view_name = 'events'
+order by 1
 """
+"""The tables, and the one view that holds recorded data rather than a summary of it: `events`, the
+events of `event_rows` and `response_streams` (migration m005) as one row each."""
 
 # Each limit of each budget: the same figures as the proxy's GET /admin/budgets (proxy/budgets/
 # report.py), from the tables of migration m003. A reservation past its settle_by counts as spent at
@@ -218,7 +222,8 @@ PAGE_ROWS = 10_000
 
 
 def export_parquet(rec: Recording, out_dir: Path) -> Result:
-    """Every public table to ``<out_dir>/<table>.parquet``: one row per table with its row count and file.
+    """Every public table, and the events view, to ``<out_dir>/<table>.parquet``: one row per table with
+    its row count and file.
 
     From the file, DuckDB copies each table directly. Through a running proxy, each table is paged
     in primary-key order over /admin/sql and rebuilt with its column types before it is written,

@@ -113,6 +113,25 @@ class Exchange:
         return True
 
 
+@dataclass(slots=True)
+class StreamBytes:
+    """A streamed response's body as it came (decompressed), or one segment of a long one.
+
+    The tap hands it to the observers whole, once per segment (tap.SEGMENT_BYTES, SEGMENT_S): the
+    recording is these bytes and their arrival times, never a row per event built on the loop
+    (record/streams.py turns them into rows in the writer's thread). A segment ends at a frame
+    boundary, so each one frames on its own."""
+
+    seq0: int
+    """seq of the first event in the segment (events dispatched before it)."""
+    chunks: list[bytes]
+    """The body's chunks in arrival order (as fed to the tap, after decompression)."""
+    arrived: list[float]
+    """Each chunk's arrival, seconds since the epoch."""
+    final: bool
+    """The last segment of the stream: a frame left without its blank line is flushed (cut off)."""
+
+
 RawFrame = tuple[int, "str | None", str, datetime]
 """A delta frame its API keeps raw (apis/base.py `keep_raw`): (seq, SSE event name, data, received_at).
 Not parsed and not a `RunEvent`: these are most of a stream, handed to observers in batches."""

@@ -2,7 +2,7 @@
 
 Hook order per exchange (the documented contract every observer relies on)::
 
-    exchange_started → response_started? → (run_event | raw_frames)* → exchange_finished
+    exchange_started → response_started? → (run_event | raw_frames | stream_bytes)* → exchange_finished
 
 - `exchange_started`: the request is known (route, key_id, body); nothing sent upstream yet.
 - `response_started`: the upstream's status and headers have gone to the client.
@@ -11,6 +11,8 @@ Hook order per exchange (the documented contract every observer relies on)::
 - `raw_frames`: consecutive delta frames the route's API keeps raw (`exchange.RawFrame`, never
   parsed), in one call: most of a stream, so an observer pays one call per batch, not per frame.
   Sequence numbers interleave with `run_event`'s in stream order.
+- `stream_bytes`: a streamed response's bytes as they came (`exchange.StreamBytes`), after the events
+  they hold were delivered: once at the end of the stream, or once per segment of a long one.
 - `exchange_finished`: exactly once, whatever the outcome (`Exchange.finish` guards it).
 
 Hooks run on the event loop: they must not block, await, or touch the bytes. An observer that
@@ -25,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from .exchange import Exchange, RawFrame, RunEvent
+from .exchange import Exchange, RawFrame, RunEvent, StreamBytes
 
 log = logging.getLogger("runtap.observers")
 
@@ -45,6 +47,9 @@ class Observer:
         pass
 
     def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+        pass
+
+    def stream_bytes(self, ex: Exchange, segment: StreamBytes) -> None:
         pass
 
     def exchange_finished(self, ex: Exchange) -> None:
@@ -79,6 +84,7 @@ class Observers(Observer):
         self._response_started = _hooked(observers, "response_started")
         self._run_event = _hooked(observers, "run_event")
         self._raw_frames = _hooked(observers, "raw_frames")
+        self._stream_bytes = _hooked(observers, "stream_bytes")
         self._exchange_finished = _hooked(observers, "exchange_finished")
         self.failures: Counter[tuple[str, str]] = Counter()
         self._on_error = on_error
@@ -120,6 +126,13 @@ class Observers(Observer):
                 hook(ex, frames)
             except Exception:
                 self._failed(observer, "raw_frames")
+
+    def stream_bytes(self, ex: Exchange, segment: StreamBytes) -> None:
+        for observer, hook in self._stream_bytes:
+            try:
+                hook(ex, segment)
+            except Exception:
+                self._failed(observer, "stream_bytes")
 
     def exchange_finished(self, ex: Exchange) -> None:
         for observer, hook in self._exchange_finished:

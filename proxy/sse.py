@@ -239,6 +239,11 @@ class SseDecoder:
         self._seek = seek - fs
         return events
 
+    @property
+    def at_frame_boundary(self) -> bool:
+        """No frame is part-way: the bytes fed so far frame the same without what comes next."""
+        return not self._buf
+
     def close(self) -> list[SseEvent]:
         buf = self._buf
         ev = _parse_frame(bytes(buf), False) if buf else None

@@ -6,7 +6,10 @@ compressed bytes, contract §4), frames SSE with `SseDecoder`, asks the route's 
 whether a frame is a delta it keeps raw, parses each other event's JSON once, has the API fold it
 into the run model (runs.py), and hands a `RunEvent` to the observers. Delta frames are neither
 parsed nor made events: they gather as `RawFrame` tuples and go to the observers in one
-`raw_frames` call per batch (before the next lifecycle event, and at each `flush()`). A JSON body (a poll, a
+`raw_frames` call per batch (before the next lifecycle event, and at each `flush()`). The stream's
+bytes themselves (with each chunk's arrival) go to the observers as `StreamBytes`, at its end or in
+segments (SEGMENT_BYTES, `segment_s`): the recording is made from them off the loop
+(record/streams.py), so nothing per event is built for it here. A JSON body (a poll, a
 non-stream create) is collected (bounded) and handled the same way at `close()`.
 
 The tap never raises and never awaits: a failure here costs a record, never the stream. Every
@@ -24,12 +27,19 @@ from typing import Any
 
 import orjson
 
-from .exchange import Exchange, Outcome, RawFrame, RunEvent, utcnow
+from .exchange import Exchange, Outcome, RawFrame, RunEvent, StreamBytes, utcnow
 from .observers import Observers
 from .runs import RunState, RunStore, Seen, State
 from .sse import SseDecoder, SseEvent
 
 log = logging.getLogger("runtap.tap")
+
+SEGMENT_BYTES = 1 << 20
+SEGMENT_S = 0.25
+"""A stream is handed to the observers as its bytes (`StreamBytes`) when it ends, or sooner in
+segments, at the first frame boundary after SEGMENT_BYTES or `segment_s` (the recorder's batch
+interval; this is its default): what the proxy holds per open stream stays bounded, and a crash
+loses of a long stream what it loses of the writer's queue, about one batch interval."""
 
 
 def parse_object(text: str | bytes) -> dict[str, Any] | None:
@@ -47,8 +57,10 @@ class Tap:
     errors = 0
     """Failures swallowed by all taps since start (a metric reads it)."""
 
-    def __init__(self, ex: Exchange, tracker: RunStore, observers: Observers, max_body: int) -> None:
+    def __init__(self, ex: Exchange, tracker: RunStore, observers: Observers, max_body: int,
+                 segment_s: float = SEGMENT_S) -> None:
         self.ex = ex
+        self._segment_s = segment_s
         self._api = ex.route.api
         self._tracker = tracker
         self._observers = observers
@@ -61,6 +73,9 @@ class Tap:
         self._last_received: float | None = None
         self._raw: list[RawFrame] = []
         """Delta frames not handed to the observers yet: one `raw_frames` call per run of them."""
+        self._stream: StreamBytes | None = None
+        """The stream's bytes since the last segment was handed over (SSE only)."""
+        self._stream_len = 0
         self.done_seen = False
         self.body_overflow = False
 
@@ -99,6 +114,7 @@ class Tap:
         if content_type.startswith("text/event-stream"):
             ex.streamed = True
             self._sse = SseDecoder()
+            self._stream = StreamBytes(0, [], [], False)
         elif ex.route.recorded:
             self._body = []
         if self._api is not None and ex.status is not None and ex.status < 300:
@@ -113,18 +129,28 @@ class Tap:
             self._last_received = received
             if self._inflate is not None:
                 chunk = self._inflate.decompress(chunk)
+            stream = self._stream
+            if stream is not None and chunk:
+                stream.chunks.append(chunk)
+                stream.arrived.append(time.time() if received is None else received)
+                self._stream_len += len(chunk)
             if self._sse is not None:
                 events = self._sse.feed(chunk)
                 if events:
                     at = utcnow() if received is None else datetime.fromtimestamp(received, UTC)
                     for event in events:
                         self._on_sse(event, at)
+                held = stream.arrived if stream is not None else None
+                if held and (self._stream_len >= SEGMENT_BYTES or held[-1] - held[0] >= self._segment_s):
+                    self._segment_at_boundary()
             elif self._body is not None:
                 self._collect(chunk)
         except Exception:
             self._failed("feed")
-            # Stop parsing this exchange; the bytes still flow to the client.
+            # Stop parsing this exchange; the bytes still flow to the client. What was kept of
+            # the stream is recorded: its events up to here.
             self._sse = self._body = self._inflate = None
+            self._hand_over_stream()
 
     def close(self) -> None:
         """The body ended (or broke off): flush what is buffered."""
@@ -148,6 +174,13 @@ class Tap:
         finally:
             self._sse = self._body = None
             self.flush()
+            self._hand_over_stream()
+
+    def _hand_over_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None and stream.chunks:
+            stream.final = True
+            self._observers.stream_bytes(self.ex, stream)
 
     # -- events ------------------------------------------------------------------------------
     def _collect(self, chunk: bytes) -> None:
@@ -188,6 +221,27 @@ class Tap:
         if self._raw:
             self.flush()  # observers see the stream in order
         self._deliver(RunEvent(seq, event.event, data, obj, now, event.raw, tuple(changes)))
+
+    @property
+    def segment_due(self) -> float | None:
+        """When the stream held now is due to be handed over (epoch seconds), or None if none is."""
+        stream = self._stream
+        return stream.arrived[0] + self._segment_s if stream is not None and stream.arrived else None
+
+    def segment_if_due(self, now: float) -> None:
+        """A stream that went quiet is handed over all the same, once due (DeferredTap's timer)."""
+        due = self.segment_due
+        if due is not None and now >= due:
+            self._segment_at_boundary()
+
+    def _segment_at_boundary(self) -> None:
+        """Hand over the stream so far if no frame is half-way (a segment must frame on its own)."""
+        if self._sse is not None and self._sse.at_frame_boundary and self._stream is not None:
+            self.flush()
+            segment = self._stream
+            self._stream = StreamBytes(self._seq, [], [], False)
+            self._stream_len = 0
+            self._observers.stream_bytes(self.ex, segment)
 
     def flush(self) -> None:
         """Hand the pending delta frames to the observers (after each batch of chunks, and at the end)."""
@@ -249,7 +303,7 @@ class DeferredTap:
     chunk had been parsed at once; observers see a live stream at most `delay` late.
     """
 
-    __slots__ = ("_chunks", "_delay", "_loop", "_queue", "_start", "_timer", "tap")
+    __slots__ = ("_chunks", "_delay", "_loop", "_queue", "_segment_timer", "_start", "_timer", "tap")
 
     def __init__(self, tap: Tap, loop: asyncio.AbstractEventLoop, delay: float, queue: TapQueue | None = None) -> None:
         self.tap = tap
@@ -258,6 +312,8 @@ class DeferredTap:
         self._queue = queue if queue is not None else TapQueue()
         self._chunks: list[tuple[bytes, float]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._segment_timer: asyncio.TimerHandle | None = None
+        """Set while the tap holds stream bytes: hands them over once due, if no chunk comes first."""
         self._start: tuple[str | None, str | None] | None = None
 
     def response_started(self, content_type: str | None, content_encoding: str | None) -> None:
@@ -276,8 +332,9 @@ class DeferredTap:
     def end(self, outcome: Outcome, error: str | None = None) -> None:
         self._loop.call_soon(self._finish, outcome, error, time.perf_counter())
 
-    def drain(self) -> None:
-        """Parse what is pending now (the timer, the queue, or the end calls it)."""
+    def drain(self, arm: bool = True) -> None:
+        """Parse what is pending now (the timer, the queue, or the end calls it); `arm`: then set the
+        timer that hands the stream held over once due, if none is set."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -290,8 +347,24 @@ class DeferredTap:
         for chunk, received in chunks:
             feed(chunk, received)
         self.tap.flush()
+        if arm and self._segment_timer is None:
+            self._arm_segment_timer()
+
+    def _arm_segment_timer(self) -> None:
+        due = self.tap.segment_due
+        if due is not None:
+            self._segment_timer = self._loop.call_later(max(0.0, due - time.time()), self._segment_due)
+
+    def _segment_due(self) -> None:
+        self._segment_timer = None
+        self.drain(arm=False)
+        self.tap.segment_if_due(time.time())
+        self._arm_segment_timer()
 
     def _finish(self, outcome: Outcome, error: str | None, at: float) -> None:
         self._queue.drain()  # other exchanges' earlier chunks first (this one's included, in order)
-        self.drain()
+        self.drain(arm=False)
+        if self._segment_timer is not None:  # the end hands the stream over
+            self._segment_timer.cancel()
+            self._segment_timer = None
         self.tap.end(outcome, error, at)

@@ -96,7 +96,7 @@ RUN_OBJECT = """'{"id":"' || run_id || '","object":"thread.run","created_at":' |
     || '. ' || repeat('Answer briefly, cite the handbook, never invent order numbers. ', 12)
     || '","tools":[{"type":"function","function":{"name":"lookup_order"}}],"usage":null,"temperature":1.0}'"""
 INSERT_EVENTS = f"""
-insert into events select request_id, e.range as seq, name,
+insert into event_rows select request_id, e.range as seq, name,
     case when name = 'done' then '[DONE]'
          when name like 'thread.run.step%' then '{{"id":"step_' || substr(md5(request_id), 1, 24)
               || '","object":"thread.run.step","run_id":"' || run_id

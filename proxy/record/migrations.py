@@ -29,7 +29,14 @@ migration = MIGRATIONS.append
 # skips a repeated key within a batch, and a spill replay skips keys already stored, which keeps
 # replay idempotent. Every other table describes an object whose fields become known piecemeal
 # across events and exchanges: upserted by its primary key.
-APPEND_TABLES: Mapping[str, tuple[str, ...]] = {"events": ("request_id", "seq")}
+APPEND_TABLES: Mapping[str, tuple[str, ...]] = {
+    "events": ("request_id", "seq"),  # before m005; from then on the view over the two below
+    "event_rows": ("request_id", "seq"),
+    "response_streams": ("request_id", "seq0"),
+}
+
+TABLE_ALIASES: Mapping[str, str] = {"events": "event_rows"}
+"""Rows submitted (or spilled by an older version) for ``events`` are written to its row table."""
 
 # How an upsert combines a known value with a new non-NULL one. The default is "the later value
 # wins". These two columns are order-independent instead, so that a second exchange touching a
@@ -686,6 +693,84 @@ def m004_events_unkeyed(con: duckdb.DuckDBPyConnection) -> None:
         _run(con, f"comment on column events.{column} is {_quote(text)}")
 
 
+EVENTS_VIEW = """
+create or replace view events as
+select request_id, seq, event, data, received_at, run_id, raw from event_rows
+union all
+select f.request_id, f.seq, f.event, f.data, make_timestamp((c.arrived * 1e6)::bigint)::timestamptz, f.run_id,
+       null::blob
+from (
+    select request_id, run_id, (seq0 + i - 1)::integer as seq,
+           case when starts_with(frame, 'event: ') then substr(frame, 8, strpos(frame, chr(10)) - 8) end as event,
+           case when starts_with(frame, 'event: ') then substr(frame, strpos(frame, chr(10)) + 7)
+                else substr(frame, 7) end as data,
+           -- the byte that dispatches the frame (its blank line) is the last of these
+           (sum(strlen(frame) + 2) over (partition by request_id, seq0 order by i rows unbounded preceding))::integer
+               as dispatch_end,
+           seq0
+    from (
+        select request_id, run_id, seq0, len(frames) as parts, unnest(frames) as frame,
+               generate_subscripts(frames, 1) as i
+        from (select request_id, run_id, seq0, string_split(body, chr(10) || chr(10)) as frames
+              from response_streams)
+        ) as split
+    where i < parts  -- the text after the last blank line: empty, in canonical framing
+) as f
+asof join (
+    select request_id, seq0, unnest(chunk_ends) as chunk_end, unnest(chunk_times) as arrived from response_streams
+) as c
+on f.request_id = c.request_id and f.seq0 = c.seq0 and f.dispatch_end <= c.chunk_end
+"""
+"""Every SSE event: the rows of ``event_rows``, and the frames of each ``response_streams`` segment,
+split here in DuckDB (segments hold only canonical framing, ``record/streams.py``, so splitting at
+blank lines gives exactly the frames runtap's own parser gives). An event's ``received_at`` is the
+arrival of the chunk that held its blank line, as when it was parsed on arrival."""
+
+
+@migration
+def m005_event_streams(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue #13: a stream's events were one row each, ~60 per run, and DuckDB's intake of them
+    # (insert, WAL, compression at checkpoint) cost ~0.5 ms per run. A stream is now stored as the
+    # bytes it came as (zstd: the checkpoint's default string compression cost ~0.2 ms per run, zstd
+    # ~0.02 ms), and the events view splits it when read. Malformed and non-canonical streams, and
+    # every stream under record_content = false, are still rows (event_rows).
+    _run(
+        con,
+        "alter table events rename to event_rows",
+        "comment on table event_rows is 'SSE events stored one row each: the frames of streams that are not"
+        " canonically framed (CR line endings, comments, several data lines, malformed or cut-off frames) and every"
+        " stream recorded with record_content = false. Read events, which includes them.'",
+        """
+        create table response_streams (
+            request_id varchar not null,
+            seq0 integer not null,
+            run_id varchar,
+            body varchar using compression zstd,
+            chunk_ends integer[],
+            chunk_times double[]
+        )
+        """,
+        "comment on table response_streams is 'A streamed response (or a segment of a long one) as the bytes"
+        " runtap relayed, decompressed; its events are rows of the events view.'",
+        "comment on column response_streams.seq0 is 'seq of the first event in this segment.'",
+        "comment on column response_streams.body is 'The SSE text exactly as received, whole frames only.'",
+        "comment on column response_streams.chunk_ends is 'Byte offset in body where each received chunk ended.'",
+        "comment on column response_streams.chunk_times is 'Arrival of each chunk, seconds since the epoch (UTC).'",
+        EVENTS_VIEW,
+        "comment on view events is 'One row per SSE event of a streamed response, the terminal done event"
+        " included.'",
+        "comment on column events.seq is 'Position of the event in its response, from 0.'",
+        "comment on column events.data is"
+        " 'The data field exactly as received: JSON for run objects, [DONE] for the end.'",
+        "comment on column events.raw is 'The undecoded frame bytes, only for malformed frames.'",
+        "comment on column events.request_id is 'The exchange the event arrived in (requests.request_id).'",
+        "comment on column events.event is"
+        " 'The SSE event name (thread.run.created, ..., done); NULL if the frame had none.'",
+        "comment on column events.received_at is 'When runtap relayed the event.'",
+        "comment on column events.run_id is 'The run the exchange belongs to.'",
+    )
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -739,7 +824,11 @@ def table_specs(con: duckdb.DuckDBPyConnection) -> dict[str, TableSpec]:
             " where schema_name = 'main' and constraint_type = 'PRIMARY KEY'"
         ).fetchall()
     )
-    return {name: _spec(name, cols, tuple(keys.get(name, ()))) for name, cols in columns.items()}
+    specs = {name: _spec(name, cols, tuple(keys.get(name, ()))) for name, cols in columns.items()}
+    for alias, table in TABLE_ALIASES.items():
+        if alias not in specs and table in specs:
+            specs[alias] = specs[table]  # the same spec: its rows are written to `table`
+    return specs
 
 
 def _spec(name: str, cols: list[tuple[str, str]], key: tuple[str, ...]) -> TableSpec:
@@ -774,7 +863,8 @@ def schema_markdown(con: duckdb.DuckDBPyConnection | None = None) -> str:
 
 
 # The order a reader meets the tables in (a rebuilt table, like m004's events, has a newer oid).
-_DOC_ORDER = {name: i for i, name in enumerate(("requests", "events", "runs", "run_steps", "tool_calls", "messages"))}
+_DOC_ORDER = {name: i for i, name in enumerate(
+    ("requests", "event_rows", "response_streams", "runs", "run_steps", "tool_calls", "messages"))}
 
 
 def _public(con: duckdb.DuckDBPyConnection, catalog: str) -> list[tuple[str, str | None]]:

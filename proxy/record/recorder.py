@@ -5,8 +5,10 @@ enqueues; the writer thread batches them into DuckDB (store/writer.py). Rows of 
 calls and messages are partial snapshots merged by key in the database (a NULL never erases a
 known value), so each exchange writes only what it saw.
 
-Delta events (`thread.message.delta`, `thread.run.step.delta`) change state without producing a
-row each; the state they touched is written when the exchange ends (`RunStore.dirty`).
+A stream's events are not rows built here: the tap hands over the stream's bytes (`stream_bytes`,
+once at its end or per segment of a long one) and the writer's thread makes them `response_streams`
+or `event_rows` rows (record/streams.py). Delta events change state without producing a row; the
+state they touched is written when the exchange ends (`RunStore.dirty`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Any, Protocol
 
-from ..exchange import Exchange, RawFrame, RunEvent
+from ..exchange import Exchange, RunEvent, StreamBytes
 from ..observers import Observer
 from ..runs import MessageState, RunState, RunStore, State, StepState, ToolCallState
 
@@ -27,6 +29,10 @@ class RowSink(Protocol):
 
     def submit_events(self, rows: list[tuple[Any, ...]]) -> None:
         """Several `events` rows at once, in order."""
+
+    def submit_stream(self, request_id: str, run_id: str | None, segment: StreamBytes, *,
+                      record_content: bool = True) -> None:
+        """A stream's bytes, made rows off the loop (record/streams.py)."""
 
 
 _RUN_COLUMNS = (
@@ -73,8 +79,9 @@ class Recorder(Observer):
         self._sink = sink
         self._tracker = tracker
         self._record_content = record_content
-        # Events seen before their exchange knows its run id (`thread.created` comes first).
-        self._held: dict[str, list[tuple[Any, ...]]] = {}
+        # Stream segments handed over before their exchange knew its run id (`thread.created`
+        # comes first): their rows carry the run id, so they wait for it (or the exchange's end).
+        self._held: dict[str, list[StreamBytes]] = {}
 
     def _submit(self, table: str, row: dict[str, Any]) -> None:
         if not self._record_content:
@@ -96,38 +103,21 @@ class Recorder(Observer):
         })
 
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
-        if event.source == "sse":
-            # store.writer.EVENT_COLUMNS order: request_id, seq, event, data, received_at, run_id, raw
-            if self._record_content:
-                row = (ex.request_id, event.seq, event.name, event.data, event.received_at, ex.run_id, event.raw)
-            else:
-                row = (ex.request_id, event.seq, event.name, None, event.received_at, ex.run_id, None)
-            if ex.run_id is None:
-                self._held.setdefault(ex.request_id, []).append(row)
-            else:
-                if self._held:
-                    self._release(ex)
-                self._sink.submit_event(row)
         for state in event.changes:
             self._submit_state(state)
 
-    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
-        run_id, request_id = ex.run_id, ex.request_id
-        if self._record_content:
-            rows = [(request_id, seq, name, data, at, run_id, None) for seq, name, data, at in frames]
-        else:
-            rows = [(request_id, seq, name, None, at, run_id, None) for seq, name, _, at in frames]
-        if run_id is None:
-            self._held.setdefault(request_id, []).extend(rows)
+    def stream_bytes(self, ex: Exchange, segment: StreamBytes) -> None:
+        if ex.run_id is None and not segment.final:
+            self._held.setdefault(ex.request_id, []).append(segment)
             return
-        if self._held:
-            self._release(ex)
-        self._sink.submit_events(rows)
+        self._release(ex)
+        self._sink.submit_stream(ex.request_id, ex.run_id, segment, record_content=self._record_content)
 
     def _release(self, ex: Exchange) -> None:
-        held = self._held.pop(ex.request_id, None)
-        for row in held or ():
-            self._sink.submit_event((*row[:5], ex.run_id, row[6]))
+        if not self._held:
+            return
+        for segment in self._held.pop(ex.request_id, ()):
+            self._sink.submit_stream(ex.request_id, ex.run_id, segment, record_content=self._record_content)
 
     def exchange_finished(self, ex: Exchange) -> None:
         self._release(ex)

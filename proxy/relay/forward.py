@@ -60,6 +60,7 @@ class Forwarder:
         self._inflight = inflight
         self._admit = admit
         self._max_body = settings.server.max_recorded_body_bytes
+        self._segment_s = settings.recorder.batch_interval_ms / 1000  # tap.SEGMENT_S says why
         self._read_s = settings.timeouts.read_s
         self._connect_s = settings.timeouts.connect_s
         self._drain_s = settings.timeouts.client_gone_drain_s
@@ -224,7 +225,8 @@ class Forwarder:
     def _make_tap(self, ex: Exchange) -> DeferredTap:
         # The tap works in loop callbacks behind the relay, in batches (tap.DeferredTap): never
         # between a chunk's arrival and its write, and for a fast stream only once it is over.
-        return DeferredTap(Tap(ex, self._tracker, self._observers, self._max_body), asyncio.get_running_loop(),
+        tap = Tap(ex, self._tracker, self._observers, self._max_body, self._segment_s)
+        return DeferredTap(tap, asyncio.get_running_loop(),
                            TAP_DELAY_S, self.pending_taps)
 
 

@@ -99,7 +99,8 @@ def assert_key_never_written(child: Child) -> None:
         if path.is_file():
             assert RAW_KEY.encode() not in path.read_bytes(), path
     tables = [t for (t,) in query(child.db, "select table_name from duckdb_tables() where schema_name = 'main'")]
-    assert {"requests", "events", "runs", "run_steps", "tool_calls", "messages"} <= set(tables)
+    assert {"requests", "event_rows", "response_streams", "runs", "run_steps", "tool_calls", "messages"} <= set(tables)
+    assert query(child.db, "select count(*) from duckdb_views() where view_name = 'events'") == [(1,)]
     for table in tables:
         # The whole row as text, every column: a key in any of them would match.
         assert query(child.db, f'select count(*) from "{table}" t where t::varchar like ?', f"%{RAW_KEY}%") == [(0,)]

@@ -282,3 +282,71 @@ def test_a_malformed_delta_frame_is_an_event_with_its_raw_bytes():
     tap.close()
     [event] = capture.events
     assert event.raw is not None and event.name == "thread.message.delta"
+
+
+class Segments(Observer):
+    name = "segments"
+
+    def __init__(self):
+        self.segments = []
+        self.arrived = asyncio.Event()
+
+    def stream_bytes(self, ex, segment):
+        self.segments.append(segment)
+        self.arrived.set()
+
+
+def test_a_stream_is_handed_over_as_its_bytes_once_at_the_end():
+    segments = Segments()
+    ex = Exchange(classify("POST", "/v1/threads/runs"), "POST", "/v1/threads/runs", "", "sha256:k", b"{}")
+    ex.status = 200
+    tap = Tap(ex, RunTracker(), Observers([segments]), 1 << 20)
+    tap.response_started("text/event-stream", None)
+    for i in range(0, len(STREAM), 50):
+        tap.feed(STREAM[i:i + 50], 1_800_000_000.0 + i / 1e6)
+    assert segments.segments == []  # nothing per chunk: the bytes are held
+    tap.close()
+    [segment] = segments.segments
+    assert (segment.seq0, segment.final, b"".join(segment.chunks)) == (0, True, STREAM)
+    assert segment.arrived == [1_800_000_000.0 + i / 1e6 for i in range(0, len(STREAM), 50)]
+
+
+def test_a_long_stream_is_cut_into_segments_only_where_no_frame_is_half_way():
+    segments = Segments()
+    ex = Exchange(classify("POST", "/v1/threads/runs"), "POST", "/v1/threads/runs", "", "sha256:k", b"{}")
+    ex.status = 200
+    tap = Tap(ex, RunTracker(), Observers([segments]), 1 << 20, segment_s=1.0)
+    tap.response_started("text/event-stream", None)
+    frames = [sse("thread.message.delta", {"id": "msg_1", "n": n}) for n in range(6)]
+    tap.feed(frames[0], 100.0)
+    tap.feed(frames[1][:10], 100.5)
+    tap.feed(frames[1][10:] + frames[2][:5], 101.5)  # due, but frame 2 is half-way: held on
+    assert segments.segments == []
+    tap.feed(frames[2][5:], 101.6)  # a boundary: the segment goes
+    tap.feed(frames[3] + frames[4], 101.7)
+    tap.feed(frames[5], 103.0)  # due again, at a boundary
+    tap.close()
+    # The last segment was empty at the end: nothing more to hand over.
+    assert [(s.seq0, s.final, len(s.chunks)) for s in segments.segments] == [(0, False, 4), (3, False, 2)]
+    assert b"".join(c for s in segments.segments for c in s.chunks) == b"".join(frames)
+    assert ex.event_count == 6
+
+
+async def test_a_quiet_stream_is_handed_over_once_due_without_another_chunk():
+    segments = Segments()
+    ex = Exchange(classify("POST", "/v1/threads/runs"), "POST", "/v1/threads/runs", "", "sha256:k", b"{}")
+    ex.status = 200
+    deferred = DeferredTap(Tap(ex, RunTracker(), Observers([segments]), 1 << 20, segment_s=0.05),
+                           asyncio.get_running_loop(), 0.001)
+    deferred.response_started("text/event-stream", None)
+    first = sse("thread.created", {"id": "thread_1", "object": "thread", "created_at": 1_710_000_000})
+    deferred.feed(first)
+    await asyncio.wait_for(segments.arrived.wait(), 5)
+    [segment] = segments.segments  # the timer handed it over: no chunk came, the stream is open
+    assert (segment.seq0, segment.final, segment.chunks) == (0, False, [first])
+    deferred.feed(STREAM[len(first):])
+    segments.arrived.clear()
+    deferred.end(Outcome.COMPLETED)
+    await asyncio.wait_for(segments.arrived.wait(), 5)
+    assert [(s.seq0, s.final, b"".join(s.chunks)) for s in segments.segments] == [
+        (0, False, first), (1, True, STREAM[len(first):])]

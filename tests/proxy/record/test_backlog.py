@@ -22,7 +22,7 @@ def b(tmp_path: Path) -> Iterator[Backlog]:
 
 
 def rows(n: int, start: int = 0) -> list[tuple[str, dict[str, object]]]:
-    return [("events", {"request_id": "req_1", "seq": i, "event": "thread.message.delta", "data": f'{{"n":{i}}}',
+    return [("event_rows", {"request_id": "req_1", "seq": i, "event": "thread.message.delta", "data": f'{{"n":{i}}}',
                         "received_at": T0 + dt.timedelta(seconds=i), "run_id": "run_1",
                         "raw": b"\x00\xff" if i % 2 else None}) for i in range(start, start + n)]
 

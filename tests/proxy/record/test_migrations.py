@@ -12,8 +12,8 @@ import pytest
 from proxy.record import migrations
 from proxy.record.migrations import MIGRATIONS, TABLES, migrate, schema_markdown, table_specs
 
-PUBLIC_TABLES = {"requests", "events", "runs", "run_steps", "tool_calls", "messages", "prices", "budget_charges",
-                 "budget_limits"}
+PUBLIC_TABLES = {"requests", "event_rows", "response_streams", "runs", "run_steps", "tool_calls", "messages",
+                 "prices", "budget_charges", "budget_limits"}
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -76,14 +76,15 @@ def test_failing_migration_on_an_existing_database_leaves_it_usable(
     migrate(con)
 
     def m999_raises(c: duckdb.DuckDBPyConnection) -> None:
-        c.execute("drop table events")
+        c.execute("drop table event_rows")
         raise RuntimeError("boom")
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, m999_raises])
     with pytest.raises(RuntimeError, match="boom"):
         migrate(con)
-    assert "events" in _tables(con)
-    con.execute("insert into events (request_id, seq) values ('r', 0)")  # no transaction left open
+    assert "event_rows" in _tables(con)
+    con.execute("insert into event_rows (request_id, seq) values ('r', 0)")  # no transaction left open
+    assert con.execute("select seq from events").fetchall() == [(0,)]
 
 
 def test_columns_are_the_contract() -> None:
@@ -96,6 +97,8 @@ def test_columns_are_the_contract() -> None:
             "response_bytes", "content_type", "event_count",
         ),
         "events": ("request_id", "seq", "event", "data", "received_at", "run_id", "raw"),
+        "event_rows": ("request_id", "seq", "event", "data", "received_at", "run_id", "raw"),
+        "response_streams": ("request_id", "seq0", "run_id", "body", "chunk_ends", "chunk_times"),
         "runs": (
             "run_id", "thread_id", "assistant_id", "model", "status", "key_id", "created_at",
             "started_at", "ended_at", "expires_at", "prompt_tokens", "completion_tokens",
@@ -132,6 +135,8 @@ def test_keys_modes_and_types() -> None:
     assert {n: (s.mode, s.key) for n, s in TABLES.items()} == {
         "requests": ("upsert", ("request_id",)),
         "events": ("append", ("request_id", "seq")),
+        "event_rows": ("append", ("request_id", "seq")),
+        "response_streams": ("append", ("request_id", "seq0")),
         "runs": ("upsert", ("run_id",)),
         "run_steps": ("upsert", ("step_id",)),
         "tool_calls": ("upsert", ("tool_call_id",)),
@@ -219,9 +224,9 @@ def test_m004_rebuilds_events_without_its_key_keeping_rows_and_comments(
     monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
     migrate(con)
     assert keyed == [(1,)]
-    assert con.execute("select count(*) from duckdb_constraints() where table_name = 'events'"
+    assert con.execute("select count(*) from duckdb_constraints() where table_name = 'event_rows'"
                        " and constraint_type = 'PRIMARY KEY'").fetchall() == [(0,)]
-    assert con.execute("select * from events order by seq").fetchall() == rows
-    assert con.execute("select column_name, comment from duckdb_columns() where table_name = 'events'"
+    assert con.execute("select * from events order by seq").fetchall() == rows  # m005: the view over it
+    assert con.execute("select column_name, comment from duckdb_columns() where table_name = 'event_rows'"
                        " order by column_index").fetchall() == comments
     assert table_specs(con)["events"].key == ("request_id", "seq")  # still the dedup key of a replay

@@ -4,8 +4,9 @@ import orjson
 
 from proxy.apis import classify
 from proxy.apis.assistants.runs import RunTracker, Seen
-from proxy.exchange import Exchange, Outcome, RunEvent
+from proxy.exchange import Exchange, Outcome, RunEvent, StreamBytes
 from proxy.record.recorder import Recorder
+from proxy.record.streams import stream_rows
 from proxy.record.writer import EVENT_COLUMNS
 from proxy.testing.replay import replay
 
@@ -15,6 +16,8 @@ RUN = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status":
 
 
 class Sink:
+    """The writer's side, with a stream's bytes made rows as its thread makes them (streams.py)."""
+
     def __init__(self):
         self.rows = []
 
@@ -28,8 +31,20 @@ class Sink:
         for row in rows:
             self.submit_event(row)
 
+    def submit_stream(self, request_id, run_id, segment, *, record_content=True):
+        row, events = stream_rows(request_id, run_id, segment, record_content=record_content)
+        if row is not None:
+            self.submit("response_streams", row)
+        self.submit_events(events)
+
     def table(self, name):
         return [row for table, row in self.rows if table == name]
+
+
+FIRST = b"event: thread.created\ndata: {\"id\":\"thread_1\",\"object\":\"thread\"}\n\n"
+STREAM = (b"event: thread.created\ndata: {\"id\":\"thread_1\",\"object\":\"thread\"}\n\n"
+          + b"event: thread.run.completed\ndata: " + orjson.dumps(RUN) + b"\n\n"
+          + b"event: done\ndata: [DONE]\n\n")
 
 
 def _replay(record_content=True):
@@ -44,9 +59,11 @@ def _replay(record_content=True):
     class Events:
         def __iter__(self):
             yield thread
+            recorder.stream_bytes(ex, StreamBytes(0, [FIRST], [AT.timestamp()], False))
             ex.run_id = "run_1"  # the tap sets it when the run object arrives
             yield RunEvent(1, "thread.run.completed", orjson.dumps(RUN).decode(), RUN, AT, changes=changes)
             yield RunEvent(2, "done", "[DONE]", None, AT)
+            recorder.stream_bytes(ex, StreamBytes(1, [STREAM[len(FIRST):]], [AT.timestamp() + 1], True))
 
     replay(recorder, ex, Events(), Outcome.COMPLETED)
     return sink, ex
@@ -57,10 +74,10 @@ def test_rows_for_requests_events_and_runs():
     requests = sink.table("requests")
     assert requests[0]["request_body"] == '{"assistant_id":"asst_1"}'
     assert requests[-1]["outcome"] == "completed" and requests[-1]["event_count"] == 0
-    events = sink.table("events")
-    # thread.created was held until the run id was known, and then carries it.
-    assert [(e["seq"], e["event"], e["run_id"]) for e in events] == [
-        (0, "thread.created", "run_1"), (1, "thread.run.completed", "run_1"), (2, "done", "run_1")]
+    # The segment handed over before the run id was known was held, and then carries it. Canonical
+    # framing: one row of bytes each, which the events view splits.
+    assert [(r["seq0"], r["run_id"], r["body"].encode(), r["chunk_times"]) for r in sink.table("response_streams")] == [
+        (0, "run_1", FIRST, [AT.timestamp()]), (1, "run_1", STREAM[len(FIRST):], [AT.timestamp() + 1])]
     [run] = sink.table("runs")
     assert (run["run_id"], run["status"], run["total_tokens"], run["key_id"]) == ("run_1", "completed", 7, "sha256:k")
 
@@ -68,26 +85,31 @@ def test_rows_for_requests_events_and_runs():
 def test_record_content_false_keeps_ids_and_usage_only():
     sink, _ = _replay(record_content=False)
     assert all(row["request_body"] is None for row in sink.table("requests") if "request_body" in row)
-    assert all(e["data"] is None for e in sink.table("events"))
+    assert sink.table("response_streams") == []
+    events = sink.table("events")
+    assert [(e["event"], e["data"], e["run_id"]) for e in events] == [
+        ("thread.created", None, "run_1"), ("thread.run.completed", None, "run_1"), ("done", None, "run_1")]
     assert sink.table("runs")[0]["total_tokens"] == 7
 
 
-def test_raw_frames_are_event_rows_held_until_the_run_is_known():
+def test_a_stream_is_held_until_the_run_is_known_or_it_ends():
     sink, tracker = Sink(), RunTracker()
     recorder = Recorder(sink, tracker, record_content=True)
     ex = Exchange(classify("POST", "/v1/threads/runs"), "POST", "/v1/threads/runs", "", "sha256:k", b"{}")
-    recorder.raw_frames(ex, [(0, "thread.message.delta", '{"id":"msg_1"}', AT)])
-    assert sink.table("events") == []  # no run id yet: held
-    ex.run_id = "run_1"
-    recorder.raw_frames(ex, [(1, "thread.message.delta", '{"id":"msg_1","x":1}', AT)])
-    assert [(e["seq"], e["data"], e["run_id"], e["received_at"]) for e in sink.table("events")] == [
-        (0, '{"id":"msg_1"}', "run_1", AT), (1, '{"id":"msg_1","x":1}', "run_1", AT)]
+    recorder.stream_bytes(ex, StreamBytes(0, [b"data: {}\n\n"], [AT.timestamp()], False))
+    assert sink.rows == []  # no run id yet: held
+    recorder.stream_bytes(ex, StreamBytes(1, [b"data: [DONE]\n\n"], [AT.timestamp()], True))
+    # The end: written without a run id rather than never.
+    assert [(r["seq0"], r["run_id"]) for r in sink.table("response_streams")] == [(0, None), (1, None)]
 
 
-def test_raw_frames_without_content_keep_no_data():
+def test_a_malformed_stream_is_event_rows_with_its_raw_frame():
     sink = Sink()
-    recorder = Recorder(sink, RunTracker(), record_content=False)
+    recorder = Recorder(sink, RunTracker(), record_content=True)
     ex = Exchange(classify("POST", "/v1/threads/runs"), "POST", "/v1/threads/runs", "", "sha256:k", b"{}")
     ex.run_id = "run_1"
-    recorder.raw_frames(ex, [(0, "thread.message.delta", '{"id":"msg_1"}', AT)])
-    assert [(e["event"], e["data"]) for e in sink.table("events")] == [("thread.message.delta", None)]
+    recorder.stream_bytes(ex, StreamBytes(0, [b"event: thread.run.completed\n{\"id\": 1}\n\n"], [AT.timestamp()], True))
+    assert sink.table("response_streams") == []
+    [event] = sink.table("events")
+    assert (event["event"], event["data"], event["raw"], event["received_at"]) == (
+        "thread.run.completed", "", b"event: thread.run.completed\n{\"id\": 1}\n", AT)

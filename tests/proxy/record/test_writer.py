@@ -144,7 +144,7 @@ def memory_con() -> Iterator[duckdb.DuckDBPyConnection]:
 def test_any_text_and_bytes_are_stored_exactly(
     memory_con: duckdb.DuckDBPyConnection, texts: list[str], blobs: list[bytes]
 ) -> None:
-    memory_con.execute("delete from events")
+    memory_con.execute("delete from event_rows")
     write_batch(memory_con, TABLES, [("events", event(i, data=t, raw=blobs[i])) for i, t in enumerate(texts)])
     assert memory_con.execute("select data, raw from events order by seq").fetchall() == list(
         zip(texts, blobs, strict=False)
@@ -499,7 +499,7 @@ async def test_readers_use_their_own_cursor_while_the_thread_writes(writer: Writ
 
 async def test_run_in_thread_is_read_only(writer: Writer) -> None:
     with pytest.raises(duckdb.TransactionException, match="read-only"):
-        await writer.run_in_thread(lambda cur: cur.execute("delete from events"))
+        await writer.run_in_thread(lambda cur: cur.execute("delete from event_rows"))
 
 
 class CountingInserts:
