@@ -151,8 +151,7 @@ def make_app(
             await asyncio.to_thread(writer.close)
             raise
         yield
-        writer.hand_over_events()  # on the loop, whose list it is; then close() drains the queue
-        await asyncio.to_thread(writer.close)
+        await asyncio.to_thread(writer.close)  # drains the queue
 
     async def upstream_session(app: web.Application) -> AsyncIterator[None]:
         timeouts = settings.timeouts

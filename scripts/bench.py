@@ -897,24 +897,22 @@ def count_recorded(db: Path, info: dict[str, Any], sent_by_tag: dict[str, int]) 
 
 
 async def writer_bench(rows_n: int, rate: float, tmp: Path, frames: list[bytes], placeholder: str) -> dict[str, Any]:
-    """store.Writer alone, with event rows built from the benchmark stream (as Recorder builds them)."""
-    from proxy.record.writer import EVENT_COLUMNS, Writer
+    """store.Writer alone, fed the benchmark's streams as the recorder hands them over (their bytes)."""
+    from proxy.exchange import StreamBytes
+    from proxy.record.writer import Writer
 
-    parsed = []
-    for frame in frames:
-        head, _, data = frame.decode().rstrip("\n").partition("\ndata: ")
-        parsed.append((head.removeprefix("event: "), data))
-    now = dt.datetime.now(dt.UTC)
-    rows: list[tuple[Any, ...]] = []
-    for i in range(rows_n):
-        stream, seq = divmod(i, len(parsed))
-        token = f"W{stream:019d}"
-        event, data = parsed[seq]
-        rows.append((f"rt_{stream:032x}", seq, event, data.replace(placeholder, token), now, f"run_{token}xxxx", None))
-    data_at = EVENT_COLUMNS.index("data")
-    out: dict[str, Any] = {"rows": rows_n, "bytes_per_row": sum(len(str(r[data_at])) for r in rows) / rows_n}
+    now = time.time()
+    key = placeholder.encode()
+    streams: list[tuple[str, str, StreamBytes]] = []
+    for stream in range(max(1, rows_n // len(frames))):
+        token = f"W{stream:019d}".encode()
+        chunks = [frame.replace(key, token) for frame in frames]
+        streams.append((f"rt_{stream:032x}", f"run_{token.decode()}xxxx",
+                        StreamBytes(0, chunks, [now + i * 1e-4 for i in range(len(chunks))], True)))
+    rows_n = len(streams) * len(frames)
+    out: dict[str, Any] = {"rows": rows_n, "bytes_per_row": sum(map(len, frames)) / len(frames)}
     for label, pace in (("unpaced", 0.0), ("paced", rate)):
-        out[label] = await _writer_run(Writer(tmp / f"writer-{label}.duckdb"), rows, pace)
+        out[label] = await _writer_run(Writer(tmp / f"writer-{label}.duckdb"), streams, rows_n, pace)
     return out
 
 
@@ -935,18 +933,18 @@ class _Probe:
             self.max_depth = max(self.max_depth, self.writer.queue_depth)
 
 
-async def _writer_run(writer: Any, rows: list[tuple[Any, ...]], pace: float) -> dict[str, Any]:
+async def _writer_run(writer: Any, streams: list[tuple[str, str, Any]], rows_n: int, pace: float) -> dict[str, Any]:
+    """`pace`: events per second offered (0: as fast as the loop submits)."""
     await asyncio.to_thread(writer.start)
     probe = _Probe(writer)
     task = asyncio.ensure_future(probe.run())
-    chunk = 100
+    per_stream = rows_n // len(streams)
     t0 = time.perf_counter()
-    for i in range(0, len(rows), chunk):
-        for row in rows[i : i + chunk]:
-            writer.submit_event(row)  # the events lane, as the recorder submits them
+    for i, (request_id, run_id, segment) in enumerate(streams):
+        writer.submit_stream(request_id, run_id, segment)  # as the recorder hands a stream over
         if pace:
-            await asyncio.sleep(max(0.0, t0 + (i + chunk) / pace - time.perf_counter()))
-        else:
+            await asyncio.sleep(max(0.0, t0 + (i + 1) * per_stream / pace - time.perf_counter()))
+        elif i % 2 == 1:
             await asyncio.sleep(0)
     submitted = time.perf_counter() - t0
     await writer.flush()
@@ -957,7 +955,7 @@ async def _writer_run(writer: Any, rows: list[tuple[Any, ...]], pace: float) -> 
     (count,) = cur.execute("select count(*) from events").fetchone() or (0,)
     cur.close()
     await asyncio.to_thread(writer.close)
-    return {"rows_per_s": len(rows) / elapsed, "submit_s": submitted, "elapsed_s": elapsed,
+    return {"rows_per_s": rows_n / elapsed, "submit_s": submitted, "elapsed_s": elapsed,
             "flush_lag_s": elapsed - submitted, "max_queue_depth": probe.max_depth,
             "max_loop_stall_ms": probe.max_lag_s * 1000, "rows_in_db": count, "spilled": writer.spilled_rows_total}
 
@@ -1224,9 +1222,9 @@ def render(r: dict[str, Any]) -> str:
                   f"rows; {fmt(pc['queue_at_end'], ' rows', 0)} when the last run ended; idle again after "
                   f"{fmt(pc['drain_s'], ' s', 1)}. Other load {fmt(pc['other_load_cores'], ' CPU')}."]
     if wb:
-        lines += ["", "### store.Writer alone (in-process, event rows of the benchmark stream, "
-                  f"~{wb['bytes_per_row']:.0f} B of data each)", "",
-                  "| Run | rows/s | max queue depth | flushed after last submit | max loop stall | rows in db |",
+        lines += ["", "### store.Writer alone (in-process, the benchmark's streams handed over as their bytes, "
+                  f"~{wb['bytes_per_row']:.0f} B per event)", "",
+                  "| Run | events/s | max queue depth | flushed after last submit | max loop stall | events in db |",
                   "|---|---|---|---|---|---|"]
         for label in ("unpaced", "paced"):
             w = wb[label]

@@ -76,10 +76,7 @@ class NullSink:
     def submit(self, table: str, row: dict[str, Any]) -> None:
         pass
 
-    def submit_event(self, row: tuple[Any, ...]) -> None:
-        pass
-
-    def submit_events(self, rows: list[tuple[Any, ...]]) -> None:
+    def submit_stream(self, request_id: str, run_id: str | None, segment: Any, *, record_content: bool = True) -> None:
         pass
 
 

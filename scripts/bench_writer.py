@@ -1,4 +1,4 @@
-"""Throughput of store.Writer for SSE event rows, as the recorder submits them from the event loop.
+"""Throughput of store.Writer for SSE events, handed over as the recorder does: each stream's bytes.
 
 Two runs on a fresh database file:
 - unpaced: submit N rows as fast as the loop can, then ``await flush()``: rows/s end to end;
@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.record.writer import EVENT_COLUMNS, Writer  # after the path tweak, to run from a checkout
+from proxy.exchange import StreamBytes  # after the path tweak, to run from a checkout
+from proxy.record.writer import Writer
 
 WORDS = ["the", "run", "step", "tool", "call", "message", "delta", "token", "usage", "thread", "model"]
 
@@ -74,16 +75,29 @@ class Probe:
             self.max_depth = max(self.max_depth, self.writer.queue_depth)
 
 
-async def submit_all(writer: Writer, rows: list[dict[str, object]], rate: float) -> None:
-    chunk = 500
-    lane = [tuple(row.get(c) for c in EVENT_COLUMNS) for row in rows]  # as the recorder submits them
+Stream = tuple[str, str, StreamBytes]
+
+
+def make_streams(rows: list[dict[str, object]]) -> list[Stream]:
+    """The rows as the recorder hands them over: each request's events as one stream's bytes."""
+    streams: dict[str, tuple[str, list[bytes], list[float]]] = {}
+    for row in rows:
+        _, chunks, times = streams.setdefault(str(row["request_id"]), (str(row["run_id"]), [], []))
+        chunks.append(f"event: {row['event']}\ndata: {row['data']}\n\n".encode())
+        times.append(row["received_at"].timestamp())  # type: ignore[attr-defined]
+    return [(request_id, run_id, StreamBytes(0, chunks, times, True))
+            for request_id, (run_id, chunks, times) in streams.items()]
+
+
+async def submit_all(writer: Writer, streams: list[Stream], rate: float) -> None:
+    """`rate`: events per second offered (0: as fast as the loop submits)."""
     start = time.perf_counter()
-    for i in range(0, len(lane), chunk):
-        for row in lane[i : i + chunk]:
-            writer.submit_event(row)
+    events = 0
+    for request_id, run_id, segment in streams:
+        writer.submit_stream(request_id, run_id, segment)
+        events += len(segment.chunks)
         if rate:
-            delay = start + (i + chunk) / rate - time.perf_counter()
-            await asyncio.sleep(max(0.0, delay))
+            await asyncio.sleep(max(0.0, start + events / rate - time.perf_counter()))
         else:
             await asyncio.sleep(0)
 
@@ -94,7 +108,7 @@ async def bench(db: Path, rows: list[dict[str, object]], rate: float, batch: int
     probe = Probe(writer)
     probe_task = asyncio.ensure_future(probe.run())
     t0 = time.perf_counter()
-    await submit_all(writer, rows, rate)
+    await submit_all(writer, make_streams(rows), rate)
     submitted = time.perf_counter() - t0
     await writer.flush()
     elapsed = time.perf_counter() - t0

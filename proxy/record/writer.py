@@ -34,13 +34,10 @@ Row semantics, per table mode (``migrations.TableSpec``):
   keys already stored (``write_batch(replay=True)``), which makes replay idempotent. The key is not a
   database constraint: its index cost a third of the writer's time per event.
 
-The events lane: events are nine rows in ten, so they skip the per-row path. ``submit_event()``
-takes a plain tuple (``EVENT_COLUMNS``), appends it to a list the loop owns, and the events
-gathered in one turn of the loop cross the queue as ONE entry; the thread turns them into columns
-with ``zip`` and writes them without per-row validation (the recorder builds them, all of them
-live: no key repeats). Measured with the benchmark's 60-event run replayed through the tap and the
-observers: the recorder's loop CPU per run 145 -> ~50 us, and the thread's per-row Python work
-(queue, validation, key check, column lists) is gone for events.
+Streams: ``submit_stream()`` queues a stream's bytes as ONE entry (``_Stream``); the thread makes
+them rows (``streams.py``): a ``response_streams`` row, or ``event_rows`` rows as plain tuples
+(``EVENT_COLUMNS``), which it turns into columns with ``zip`` and writes without per-row validation
+(``streams.py`` builds them, all of them live: no key repeats).
 """
 
 from __future__ import annotations
@@ -92,9 +89,8 @@ _BACKLOG_READ_ROWS = 5000
 step) and the queue is moved to the file between steps; 20,000-row steps made the relay's p99 in
 a long overload 217 ms against 67-90 ms with 2,000 or 5,000 (README, Memory)."""
 EVENT_COLUMNS = ("request_id", "seq", "event", "data", "received_at", "run_id", "raw")
-"""The values of a ``submit_event()`` tuple, in order: the ``events`` table's columns."""
+"""The values of an event row (``streams.stream_rows``), in order: the ``events`` table's columns."""
 EventRow = tuple[object, ...]
-_EVENT_WIDTH = len(EVENT_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -112,8 +108,14 @@ class _Stream:
         return len(self.segment.chunks)
 
     def items(self) -> tuple[list[Item], list[EventRow]]:
+        """Its rows for a batch: rows like any other, and event rows as tuples."""
         row, events = stream_rows(self.request_id, self.run_id, self.segment, record_content=self.record_content)
         return ([("response_streams", row)] if row is not None else []), events
+
+    def rows(self) -> list[Item]:
+        """Its rows as rows like any other (for the spill and the backlog file)."""
+        items, events = self.items()
+        return items + [_event_item(e) for e in events]
 
 
 @dataclass(slots=True)
@@ -135,10 +137,11 @@ def _set_done(future: asyncio.Future[None]) -> None:
 
 
 class Writer:
-    """Records rows into DuckDB from one thread. ``submit()`` is the only method for the event loop.
+    """Records rows into DuckDB from one thread. ``submit()`` and ``submit_stream()`` are the event
+    loop's two lanes in.
 
-    Lifecycle: ``start()`` (connect, migrate, replay the spill, start the thread), then ``submit()``
-    and ``await flush()`` from the loop, then ``close()``. Reads go through ``cursor()``.
+    Lifecycle: ``start()`` (connect, migrate, replay the spill, start the thread), then ``submit()``,
+    ``submit_stream()`` and ``await flush()`` from the loop, then ``close()``. Reads go through ``cursor()``.
     """
 
     def __init__(
@@ -173,8 +176,6 @@ class Writer:
         """Set when the batch being gathered must be written now: a flush barrier or the shutdown was
         queued, or batch_max_rows are waiting. The thread waits on it, not on the queue, while it
         gathers: see ``_collect``."""
-        self._events: list[EventRow] = []
-        """Event rows submitted in this turn of the event loop, not yet queued (the loop's alone)."""
         # Rows queued minus rows taken, each counter written by one thread only (no lost updates).
         self._queued_rows = 0
         self._taken_rows = 0
@@ -237,9 +238,6 @@ class Writer:
         backlog rather than exiting with an error while the thread is still writing it."""
         if self._closed:
             return
-        # Before _closed: handed over, the loop's pending events are written, not spilled. app.py's
-        # recording step hands them over on the loop first; this catches a caller that did not.
-        self.hand_over_events()
         if timeout is None:
             timeout = 10 + self.queue_depth / 20_000
         self._closed = True
@@ -268,73 +266,22 @@ class Writer:
         if self._queued_rows - self._taken_rows >= self._batch_max_rows and not self._urgent.is_set():
             self._urgent.set()  # a full batch is written now, not at its deadline
 
-    def submit_event(self, row: EventRow) -> None:
-        """Queue one ``events`` row, its values in ``EVENT_COLUMNS`` order. Never blocks. From the
-        event loop only (or, in a program without one, a single thread: it is then queued at once)."""
-        if len(row) != _EVENT_WIDTH:  # a recorder bug: never let it fail the batch it would join
-            self.write_errors_total += 1
-            self.last_error = f"events: a row of {len(row)} values, not {_EVENT_WIDTH}"
-            log.error("invalid events row spilled: %s", self.last_error)
-            self._spill([_event_item(row)])
-            return
-        if self._closed:
-            self._spill([_event_item(row)])
-            return
-        events = self._events
-        events.append(row)
-        if len(events) == 1:
-            self._hand_over_at_turn_end()
-
-    def submit_events(self, rows: list[EventRow]) -> None:
-        """`submit_event` for a batch of rows the recorder built in one expression of a fixed width
-        (its `raw_frames`), so the width is not checked row by row."""
-        if self._closed:
-            self._spill([_event_item(row) for row in rows])
-            return
-        events = self._events
-        was_empty = not events
-        events.extend(rows)
-        if was_empty and events:
-            self._hand_over_at_turn_end()
-
     def submit_stream(self, request_id: str, run_id: str | None, segment: StreamBytes, *,
                       record_content: bool = True) -> None:
         """Queue a stream's bytes (``exchange.StreamBytes``); the thread makes its rows
         (``streams.py``). Never blocks; the loop does nothing per event."""
         entry = _Stream(request_id, run_id, segment, record_content)
         if self._closed:
-            stream_items, stream_events = entry.items()
-            self._spill(stream_items + [_event_item(e) for e in stream_events])
+            # Too late for the thread, as in submit().
+            self._spill(entry.rows())
             return
         self._queued_rows += entry.weight
         self._queue.put_nowait(entry)
         if self._queued_rows - self._taken_rows >= self._batch_max_rows and not self._urgent.is_set():
             self._urgent.set()
 
-    def _hand_over_at_turn_end(self) -> None:
-        try:
-            asyncio.get_running_loop().call_soon(self.hand_over_events)
-        except RuntimeError:  # no loop in this thread: nothing would call it later
-            self.hand_over_events()
-
-    def hand_over_events(self) -> None:
-        """This turn's event rows to the thread, as one queue entry (the loop calls it at the end of
-        each turn in which events were submitted, and before closing the writer)."""
-        events = self._events
-        if not events:
-            return
-        self._events = []
-        if self._closed:
-            self._spill([_event_item(e) for e in events])
-            return
-        self._queued_rows += len(events)
-        self._queue.put_nowait(events)
-        if self._queued_rows - self._taken_rows >= self._batch_max_rows and not self._urgent.is_set():
-            self._urgent.set()  # a full batch is written now, not at its deadline
-
     async def flush(self) -> None:
         """Resolve once every row submitted before this call is committed or spilled."""
-        self.hand_over_events()
         if self._closed:
             return  # close() drained everything
         if self._thread is None or not self._thread.is_alive():
@@ -371,12 +318,12 @@ class Writer:
 
     @property
     def queue_depth(self) -> int:
-        """Rows submitted and not yet taken by the thread (the loop's pending events included, and
-        those in the backlog file while the queue overflows); approximate. The thread takes a
+        """Rows submitted and not yet taken by the thread (those in the backlog file included while
+        the queue overflows; a stream counts its chunks); approximate. The thread takes a
         batch's rows when the batch is due, so a writer that keeps up saws between 0 and about one
         batch interval of rows."""
         backlog = self._backlog
-        return self._queued_rows - self._taken_rows + len(self._events) + (backlog.rows if backlog else 0)
+        return self._queued_rows - self._taken_rows + (backlog.rows if backlog else 0)
 
     @property
     def healthy(self) -> bool:
@@ -497,12 +444,8 @@ class Writer:
                 self._to_backlog(backlog, rows)
                 rows = []
                 self._backlog_barriers.append((backlog.end, entry))
-            elif type(entry) is list:
-                rows += [_event_item(e) for e in entry]
-                self._taken_rows += len(entry)
             elif type(entry) is _Stream:
-                stream_items, stream_events = entry.items()
-                rows += stream_items + [_event_item(e) for e in stream_events]
+                rows += entry.rows()
                 self._taken_rows += entry.weight
             else:
                 rows.append(entry)  # type: ignore[arg-type]  # only submit() puts other entries
@@ -554,10 +497,7 @@ class Writer:
                 return items, events, [], True
             if isinstance(entry, _Flush):
                 return items, events, [entry], False  # write now, so the barrier resolves promptly
-            if type(entry) is list:  # one turn's events (submit_event)
-                events += entry
-                self._taken_rows += len(entry)
-            elif type(entry) is _Stream:
+            if type(entry) is _Stream:
                 stream_items, stream_events = entry.items()
                 items += stream_items
                 events += stream_events
@@ -638,11 +578,8 @@ class Writer:
                 break
             if isinstance(entry, _Flush):
                 entry.resolve()
-            elif type(entry) is list:
-                rows += [_event_item(e) for e in entry]
             elif type(entry) is _Stream:
-                stream_items, stream_events = entry.items()
-                rows += stream_items + [_event_item(e) for e in stream_events]
+                rows += entry.rows()
             elif entry is not _SHUTDOWN:
                 rows.append(entry)  # type: ignore[arg-type]  # only submit() puts other entries
         if rows:
@@ -665,8 +602,8 @@ def _lower_priority(nice: int) -> None:
 
 
 def _event_item(row: EventRow) -> Item:
-    """An events-lane tuple as a row like any other (for the spill)."""
-    return "events", dict(zip(EVENT_COLUMNS, row, strict=False))  # lenient: a malformed row is still spilled
+    """An event row (a tuple) as a row like any other (for the spill)."""
+    return "events", dict(zip(EVENT_COLUMNS, row, strict=False))  # lenient: a spill must not raise
 
 
 ORPHANED = "the proxy stopped before the exchange ended (killed, or it crashed)"
@@ -717,7 +654,7 @@ def write_batch(
     ``replay``: the rows come from the spill file, where some may already be stored (a replay cut
     short by a crash is done again), so appended rows whose key exists are skipped. Live rows
     never repeat a key, and checking would cost a join with the whole table per batch.
-    ``events``: live ``events`` rows as ``EVENT_COLUMNS`` tuples (the events lane), inserted as they are.
+    ``events``: live ``events`` rows as ``EVENT_COLUMNS`` tuples (a stream's, ``streams.py``), inserted as they are.
     """
     by_table: dict[str, list[Row]] = {}
     for table, row in items:

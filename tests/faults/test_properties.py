@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 from proxy.apis import classify
 from proxy.apis.assistants.runs import RUN_TERMINAL, RunTracker, Seen
-from proxy.exchange import Exchange, Outcome
+from proxy.exchange import Exchange, Outcome, StreamBytes
 from proxy.observers import Observers
 from proxy.record.recorder import _CALL_COLUMNS, _MESSAGE_COLUMNS, _RUN_COLUMNS, _STEP_COLUMNS, Recorder
+from proxy.record.streams import _framed_rows
 from proxy.record.writer import EVENT_COLUMNS
 from proxy.sse import SseDecoder, SseEvent
 from proxy.tap import Tap
@@ -123,12 +124,13 @@ class Rows:
     def submit(self, table: str, row: dict[str, Any]) -> None:
         self.rows.append((table, row))
 
-    def submit_event(self, row: tuple[Any, ...]) -> None:
-        self.rows.append(("events", dict(zip(EVENT_COLUMNS, row, strict=True))))
-
-    def submit_events(self, rows: list[tuple[Any, ...]]) -> None:
-        for row in rows:
-            self.submit_event(row)
+    def submit_stream(self, request_id: str, run_id: str | None, segment: StreamBytes, *,
+                      record_content: bool = True) -> None:
+        # The stream's frames as event rows, as the writer's thread frames them (the same decoder over
+        # the same chunks): rows a split cannot change, where a response_streams row keeps the chunk
+        # boundaries. That the events view gives the same frames is test_streams.py's business.
+        for row in _framed_rows(request_id, run_id, segment, record_content):
+            self.rows.append(("events", dict(zip(EVENT_COLUMNS, row, strict=True))))
 
 
 def record(exchanges: Sequence[Sequence[bytes]]) -> list[tuple[str, dict[str, Any]]]:

@@ -24,18 +24,12 @@ class Sink:
     def submit(self, table, row):
         self.rows.append((table, row))
 
-    def submit_event(self, row):
-        self.rows.append(("events", dict(zip(EVENT_COLUMNS, row, strict=True))))
-
-    def submit_events(self, rows):
-        for row in rows:
-            self.submit_event(row)
-
     def submit_stream(self, request_id, run_id, segment, *, record_content=True):
         row, events = stream_rows(request_id, run_id, segment, record_content=record_content)
         if row is not None:
             self.submit("response_streams", row)
-        self.submit_events(events)
+        for event in events:
+            self.submit("events", dict(zip(EVENT_COLUMNS, event, strict=True)))
 
     def table(self, name):
         return [row for table, row in self.rows if table == name]

@@ -17,10 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.exchange import StreamBytes
 from proxy.record import spill
 from proxy.record import writer as writer_module
 from proxy.record.migrations import TABLES, fresh_database, migrate
-from proxy.record.writer import EVENT_COLUMNS, StoreError, StoreLockedError, Writer, write_batch
+from proxy.record.writer import StoreError, StoreLockedError, Writer, write_batch
 
 T0 = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -32,6 +33,22 @@ def at(seconds: float) -> dt.datetime:
 def event(seq: int, request_id: str = "req_1", **extra: object) -> dict[str, object]:
     return {"request_id": request_id, "seq": seq, "event": "thread.message.delta", "data": f'{{"n":{seq}}}',
             "received_at": at(seq), "run_id": "run_1", **extra}  # fmt: skip
+
+
+def frame(seq: int, data: str | None = None, eol: str = "\n") -> bytes:
+    """``event(seq)`` as the upstream framed it: canonical with LF (one ``response_streams`` row per
+    segment), not with CRLF (``event_rows`` rows, one per frame: streams.py)."""
+    text = f'{{"n":{seq}}}' if data is None else data
+    return f"event: thread.message.delta{eol}data: {text}{eol}{eol}".encode()
+
+
+def frames(seq0: int, n: int, eol: str = "\n") -> list[bytes]:
+    return [frame(seq, eol=eol) for seq in range(seq0, seq0 + n)]
+
+
+def segment(seq0: int, chunks: list[bytes], final: bool = False) -> StreamBytes:
+    """A stream's bytes as the tap hands them over (``submit_stream``): chunk i arrived at ``at(seq0 + i)``."""
+    return StreamBytes(seq0, chunks, [at(seq0 + i).timestamp() for i in range(len(chunks))], final)
 
 
 def query(writer: Writer, sql: str) -> list[tuple[object, ...]]:
@@ -281,8 +298,8 @@ async def test_rows_submitted_while_a_batch_gathers_do_not_wake_the_thread(db_pa
         before = _voluntary_switches(w._thread)
         for seq in range(1, 201):
             w.submit("events", event(seq))
-            w.submit_event(lane(seq, request_id="req_2"))
-            await asyncio.sleep(0.0005)  # a turn of the loop: the events lane hands its row over
+            w.submit_stream("req_2", "run_1", segment(seq, [frame(seq)]))
+            await asyncio.sleep(0.0005)  # a turn of the loop
         woken = _voluntary_switches(w._thread) - before
         assert woken < 20, f"the writer thread was woken {woken} times by 400 submits"
         await w.flush()  # a barrier does wake it: the batch is written now, not in 30 s
@@ -477,7 +494,7 @@ async def test_submit_never_waits_for_the_thread(db_path: Path, monkeypatch: pyt
         assert await asyncio.to_thread(entered.wait, 10)
         for seq in range(1, 10_000):
             w.submit("events", event(seq))
-            w.submit_event(lane(seq, request_id="req_2"))
+            w.submit_stream("req_2", "run_1", segment(seq, [frame(seq)]))  # a chunk counts as a row
         assert w.queue_depth == 2 * 9_999  # all queued, none written: submit did not wait
         release.set()
         await w.flush()
@@ -569,75 +586,78 @@ def test_the_memory_limit_reaches_duckdb(db_path: Path) -> None:
         w.close()
 
 
-# -- the events lane -------------------------------------------------------------------------------
+# -- streams (submit_stream) ----------------------------------------------------------------------
 
 
-def lane(seq: int, request_id: str = "req_1", **extra: object) -> tuple[object, ...]:
-    """``event()`` as a ``submit_event()`` tuple."""
-    row = event(seq, request_id, **{"raw": None, **extra})
-    return tuple(row[c] for c in EVENT_COLUMNS)
-
-
-async def test_events_lane_rows_are_stored_exactly_with_the_other_rows(writer: Writer) -> None:
+async def test_a_streams_rows_are_stored_exactly_with_the_other_rows(writer: Writer) -> None:
     writer.submit("requests", {"request_id": "req_1", "started_at": at(0), "method": "POST", "path": "/v1/x"})
-    for seq in range(3):
-        writer.submit_event(lane(seq))
-    writer.submit_event(lane(3, data=None, raw=b"\x00\xff\n"))  # a malformed frame's bytes
-    assert writer.queue_depth == 5  # the loop's pending events count as waiting rows
+    # A malformed frame (no data field) makes its stream event_rows rows, one per frame, with its bytes.
+    malformed = b"event: thread.message.delta\n\x00\xff\n\n"
+    writer.submit_stream("req_1", "run_1", segment(0, [*frames(0, 3), malformed], final=True))
+    writer.submit_stream("req_2", "run_1", segment(0, frames(0, 3), final=True))  # canonical: one row
+    assert writer.queue_depth == 8  # a stream counts as its chunks
     await writer.flush()
-    assert query(writer, "select seq, data, received_at, run_id, raw from events order by seq") == [
+    assert query(writer, "select seq, data, received_at, run_id, raw from events where request_id = 'req_1'"
+                         " order by seq") == [
         (0, '{"n":0}', at(0), "run_1", None), (1, '{"n":1}', at(1), "run_1", None),
-        (2, '{"n":2}', at(2), "run_1", None), (3, None, at(3), "run_1", b"\x00\xff\n")]
+        (2, '{"n":2}', at(2), "run_1", None), (3, "", at(3), "run_1", b"event: thread.message.delta\n\x00\xff\n")]
+    assert query(writer, "select seq, event, data, received_at, run_id, raw from events where request_id = 'req_2'"
+                         " order by seq") == [
+        (seq, "thread.message.delta", f'{{"n":{seq}}}', at(seq), "run_1", None) for seq in range(3)]
+    assert query(writer, "select request_id, seq0 from response_streams") == [("req_2", 0)]
     assert query(writer, "select count(*) from requests") == [(1,)]
-    assert (writer.rows_written_total, writer.queue_depth) == (5, 0)
+    assert (writer.rows_written_total, writer.queue_depth) == (6, 0)  # 1 + 4 event rows + 1 stream row
 
 
-async def test_events_lane_gathers_one_turn_of_the_loop_into_one_queue_entry(writer: Writer) -> None:
-    for seq in range(100):
-        writer.submit_event(lane(seq))
-    assert writer._queue.qsize() == 0  # still the loop's, until this turn ends
-    await asyncio.sleep(0)
+async def test_a_streams_events_cross_the_queue_as_one_entry(writer: Writer) -> None:
+    writer.submit_stream("req_1", "run_1", segment(0, frames(0, 100)))
     assert writer._queue.qsize() <= 1 and writer.queue_depth in (0, 100)  # one entry (or already taken)
     await writer.flush()
     assert query(writer, "select count(*), min(seq), max(seq) from events") == [(100, 0, 99)]
-
-
-async def test_events_lane_takes_a_batch_of_rows_in_one_call_into_the_same_queue_entry(writer: Writer) -> None:
-    writer.submit_event(lane(0))
-    writer.submit_events([lane(seq) for seq in range(1, 50)])
-    writer.submit_events([])
-    assert writer._queue.qsize() == 0 and writer.queue_depth == 50
-    await asyncio.sleep(0)
-    assert writer._queue.qsize() <= 1
+    assert query(writer, "select count(*) from response_streams") == [(1,)]
+    writer.submit_stream("req_1", "run_1", StreamBytes(100, [], [], True))  # an empty last segment: no row
     await writer.flush()
-    assert query(writer, "select count(*), min(seq), max(seq) from events") == [(50, 0, 49)]
+    assert query(writer, "select count(*) from events") == [(100,)]
+    assert (writer.rows_written_total, writer.spilled_rows_total, writer.write_errors_total) == (1, 0, 0)
 
 
-def test_events_lane_batch_after_close_is_spilled_not_lost(writer: Writer) -> None:
+async def test_a_stream_after_close_is_spilled_not_lost(db_path: Path) -> None:
+    w = Writer(db_path)
+    w.start()
+    w.close()
+    w.submit_stream("req_1", "run_1", segment(0, frames(0, 2)))  # one response_streams row
+    w.submit_stream("req_2", "run_1", segment(0, frames(0, 2, eol="\r\n"), final=True))  # two event_rows rows
+    assert w.spilled_rows_total == 3
+    w2 = Writer(db_path)
+    assert w2.start().replayed == 3
+    try:
+        assert query(w2, "select request_id, seq, data from events order by 1, 2") == [
+            ("req_1", 0, '{"n":0}'), ("req_1", 1, '{"n":1}'), ("req_2", 0, '{"n":0}'), ("req_2", 1, '{"n":1}')]
+    finally:
+        w2.close()
+
+
+def test_a_stream_submitted_without_a_running_loop_is_queued_at_once(writer: Writer) -> None:
+    writer.submit_stream("req_1", "run_1", segment(0, frames(0, 2)))
+    assert writer._queued_rows == 2  # queued, not waiting for a turn of a loop there is none of
     writer.close()
-    writer.submit_events([lane(0), lane(1)])
-    assert writer.spilled_rows_total == 2
+    assert (writer.rows_written_total, writer.spilled_rows_total) == (1, 0)
 
 
-def test_events_lane_without_a_running_loop_queues_at_once(writer: Writer) -> None:
-    writer.submit_event(lane(0))
-    assert writer._events == []
-
-
-async def test_events_lane_rows_of_a_failed_batch_are_spilled_and_replayed_once(
+async def test_a_streams_rows_of_a_failed_batch_are_spilled_and_replayed_once(
     db_path: Path, failing: threading.Event
 ) -> None:
     w = Writer(db_path)
     w.start()
     try:
         failing.set()
-        for seq in range(3):
-            w.submit_event(lane(seq, data=f"d{seq}"))
+        # CRLF framing: three event_rows rows.
+        w.submit_stream("req_1", "run_1", segment(0, [frame(seq, f"d{seq}", eol="\r\n") for seq in range(3)]))
         await w.flush()
         assert (w.spilled_rows_total, w.write_errors_total) == (3, 1)
     finally:
         w.close()
-    w.submit_event(lane(3, data="after close"))  # spilled too, never lost
+    w.submit_stream("req_1", "run_1", segment(3, [frame(3, "after close")], final=True))  # spilled too, never lost
     assert w.spilled_rows_total == 4
     failing.clear()
     w2 = Writer(db_path)
@@ -650,9 +670,7 @@ async def test_events_lane_rows_of_a_failed_batch_are_spilled_and_replayed_once(
         w2.close()
 
 
-async def test_batches_with_the_events_lane_respect_batch_max_rows(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_batches_with_streams_respect_batch_max_rows(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
     real = writer_module.write_batch
 
@@ -664,10 +682,9 @@ async def test_batches_with_the_events_lane_respect_batch_max_rows(
     w = Writer(db_path, batch_max_rows=10, batch_interval_s=0.001)
     w.start()
     try:
-        for n in range(5):
-            for seq in range(n * 4, n * 4 + 4):
-                w.submit_event(lane(seq))
-            await asyncio.sleep(0)  # one turn: one queue entry of 4 rows
+        for n in range(5):  # CRLF framing: each segment is one queue entry of 4 event_rows rows
+            w.submit_stream("req_1", "run_1", segment(n * 4, frames(n * 4, 4, eol="\r\n")))
+            await asyncio.sleep(0)
         await w.flush()
         assert query(w, "select count(*) from events") == [(20,)]
         # A batch stops once it holds batch_max_rows (an entry is never split: at most 10 + 3).
@@ -676,11 +693,11 @@ async def test_batches_with_the_events_lane_respect_batch_max_rows(
         w.close()
 
 
-async def test_events_submitted_in_the_turn_the_writer_closes_are_written_not_spilled(db_path: Path) -> None:
+async def test_a_stream_submitted_just_before_the_writer_closes_is_written_not_spilled(db_path: Path) -> None:
     w = Writer(db_path)
     w.start()
-    w.submit_event(lane(0))
-    w.close()  # before the loop's hand-over callback ran
+    w.submit_stream("req_1", "run_1", segment(0, frames(0, 1)))
+    w.close()  # the thread drains the queue before it stops
     assert (w.rows_written_total, w.spilled_rows_total) == (1, 0)
     w2 = Writer(db_path)
     w2.start()
@@ -688,16 +705,6 @@ async def test_events_submitted_in_the_turn_the_writer_closes_are_written_not_sp
         assert query(w2, "select seq from events") == [(0,)]
     finally:
         w2.close()
-
-
-async def test_an_events_row_of_the_wrong_width_is_spilled_and_fails_nothing_else(writer: Writer) -> None:
-    writer.submit_event(lane(0)[:-1])  # a recorder bug
-    writer.submit_event(lane(1))
-    await writer.flush()
-    assert query(writer, "select seq from events") == [(1,)]
-    assert (writer.rows_written_total, writer.spilled_rows_total, writer.write_errors_total) == (1, 1, 1)
-    assert writer.last_error == "events: a row of 6 values, not 7"
-    assert writer.healthy
 
 
 # -- the backlog: a queue over max_queue_rows overflows to disk ------------------------------------
@@ -736,9 +743,9 @@ async def test_a_queue_over_max_queue_rows_goes_to_disk_and_every_row_lands_once
         w.submit("runs", {"run_id": "run_1", "status": "in_progress"})
         for seq in range(1000):
             w.submit("events", event(seq))
-            w.submit_event(lane(seq, request_id="req_2"))
+            # One row each: a response_streams row, or (record_content = false) an event_rows row.
+            w.submit_stream("req_2", "run_1", segment(seq, [frame(seq)]), record_content=seq % 2 == 0)
         w.submit("runs", {"run_id": "run_1", "status": "completed"})
-        await asyncio.sleep(0)  # the loop's turn ends: its events are handed over
         release.set()
         assert await asyncio.to_thread(entered_2.wait, 10)  # write 2, the backlog's first batch, holds it
         # Everything queued went to the file: nothing is left in memory, all of it still counted.
