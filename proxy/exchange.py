@@ -132,9 +132,10 @@ class StreamBytes:
     """The last segment of the stream: a frame left without its blank line is flushed (cut off)."""
 
 
-RawFrame = tuple[int, "str | None", str, datetime]
-"""A delta frame its API keeps raw (apis/base.py `keep_raw`): (seq, SSE event name, data, received_at).
-Not parsed and not a `RunEvent`: these are most of a stream, handed to observers in batches."""
+Deltas = tuple[int, int, datetime, bytes]
+"""A run of consecutive delta frames (apis/base.py `Api.delta_events`): (seq of the first, how many,
+when the first arrived, their exact bytes, blank lines included). Never parsed on the loop and not
+`RunEvent`s: these are most of a stream, handed to the observers one run at a time."""
 
 
 # Not frozen: a frozen dataclass costs ~1.6 us to build against ~0.4 us, and one is built per

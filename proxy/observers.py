@@ -2,15 +2,15 @@
 
 Hook order per exchange (the documented contract every observer relies on)::
 
-    exchange_started → response_started? → (run_event | raw_frames | stream_bytes)* → exchange_finished
+    exchange_started → response_started? → (run_event | deltas | stream_bytes)* → exchange_finished
 
 - `exchange_started`: the request is known (route, key_id, body); nothing sent upstream yet.
 - `response_started`: the upstream's status and headers have gone to the client.
 - `run_event`: one event of a run (an SSE event, or the snapshot in a JSON body), after its
   bytes went to the client.
-- `raw_frames`: consecutive delta frames the route's API keeps raw (`exchange.RawFrame`, never
-  parsed), in one call: most of a stream, so an observer pays one call per batch, not per frame.
-  Sequence numbers interleave with `run_event`'s in stream order.
+- `deltas`: a run of consecutive delta frames (`exchange.Deltas`: never parsed), in one call: most
+  of a stream, so an observer pays one call per run of deltas, not per frame. Sequence numbers
+  interleave with `run_event`'s in stream order.
 - `stream_bytes`: a streamed response's bytes as they came (`exchange.StreamBytes`), after the events
   they hold were delivered: once at the end of the stream, or once per segment of a long one.
 - `exchange_finished`: exactly once, whatever the outcome (`Exchange.finish` guards it).
@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from .exchange import Exchange, RawFrame, RunEvent, StreamBytes
+from .exchange import Deltas, Exchange, RunEvent, StreamBytes
 
 log = logging.getLogger("runtap.observers")
 
@@ -46,7 +46,7 @@ class Observer:
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
         pass
 
-    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+    def deltas(self, ex: Exchange, deltas: Deltas) -> None:
         pass
 
     def stream_bytes(self, ex: Exchange, segment: StreamBytes) -> None:
@@ -83,7 +83,7 @@ class Observers(Observer):
         self._exchange_started = _hooked(observers, "exchange_started")
         self._response_started = _hooked(observers, "response_started")
         self._run_event = _hooked(observers, "run_event")
-        self._raw_frames = _hooked(observers, "raw_frames")
+        self._deltas = _hooked(observers, "deltas")
         self._stream_bytes = _hooked(observers, "stream_bytes")
         self._exchange_finished = _hooked(observers, "exchange_finished")
         self.failures: Counter[tuple[str, str]] = Counter()
@@ -120,12 +120,12 @@ class Observers(Observer):
             except Exception:
                 self._failed(observer, "run_event")
 
-    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
-        for observer, hook in self._raw_frames:
+    def deltas(self, ex: Exchange, deltas: Deltas) -> None:
+        for observer, hook in self._deltas:
             try:
-                hook(ex, frames)
+                hook(ex, deltas)
             except Exception:
-                self._failed(observer, "raw_frames")
+                self._failed(observer, "deltas")
 
     def stream_bytes(self, ex: Exchange, segment: StreamBytes) -> None:
         for observer, hook in self._stream_bytes:

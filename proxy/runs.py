@@ -13,8 +13,10 @@ erases a known value (record/writer.py).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -71,28 +73,41 @@ class MessageState:
     created_at: datetime | None = None
     completed_at: datetime | None = None
     incomplete_reason: str | None = None
-    delta_data: list[str] = field(default_factory=list)
-    """Raw `thread.message.delta` data, parsed only if no full snapshot ever arrives."""
+    delta_frames: list[bytes] = field(default_factory=list)
+    """`thread.message.delta` frames as they came (SSE bytes), parsed only if no full snapshot
+    ever arrives."""
 
     @property
     def text(self) -> str | None:
         """The full text: the snapshot's, else what the deltas said so far (a stream that broke
         off still records its partial answer). Parsed here, when a row is written, not per delta."""
-        if self.snapshot_text is not None or not self.delta_data:
+        if self.snapshot_text is not None or not self.delta_frames:
             return self.snapshot_text
         parts: list[str] = []
-        for data in self.delta_data:
-            try:
-                obj = orjson.loads(data)
-                content = obj["delta"].get("content") or ()
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                continue
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), dict):
-                    value = part["text"].get("value")
-                    if isinstance(value, str):
-                        parts.append(value)
+        for frames in self.delta_frames:
+            for content in _delta_contents(frames, self.message_id):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), dict):
+                        value = part["text"].get("value")
+                        if isinstance(value, str):
+                            parts.append(value)
         return "".join(parts)
+
+
+def _delta_contents(frames: bytes, message_id: str) -> Iterator[list[Any]]:
+    """The `delta.content` lists of the message's delta frames among `frames`."""
+    for line in frames.split(b"\n"):
+        if not line.startswith(b"data: "):
+            continue
+        try:
+            obj = orjson.loads(line[6:])
+            if obj.get("id") != message_id:
+                continue
+            content = obj["delta"].get("content") or ()
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            continue
+        if isinstance(content, list):
+            yield content
 
 
 @dataclass(slots=True)
@@ -154,8 +169,11 @@ class RunStore:
         self.runs: OrderedDict[str, RunState] = OrderedDict()
         self._steps: dict[str, StepState] = {}
         self._messages: dict[str, MessageState] = {}
-        self.dirty: dict[int, State] = {}
-        """States changed by deltas only; the recorder writes them when an exchange ends."""
+        self.dirty: dict[int, tuple[State, str]] = {}
+        """States changed by deltas only, each with the exchange whose deltas changed it: the
+        recorder writes them when that exchange ends (a stream that breaks off keeps its partial
+        answer), unless a snapshot wrote them first. Another exchange's end leaves them alone: at
+        high concurrency each would otherwise write every open stream's partial text."""
 
     def run(self, run_id: str) -> RunState:
         state = self.runs.get(run_id)
@@ -173,10 +191,21 @@ class RunStore:
         for message_id in run.messages:
             self._messages.pop(message_id, None)
 
-    def drain_dirty(self) -> list[State]:
-        states = list(self.dirty.values())
-        self.dirty.clear()
-        return states
+    def mark_dirty(self, state: State, request_id: str) -> None:
+        self.dirty[id(state)] = (state, request_id)
+
+    def written(self, state: State) -> None:
+        """The state's snapshot went to the recording: its deltas so far need no row of their own."""
+        if self.dirty:
+            self.dirty.pop(id(state), None)
+
+    def drain_dirty(self, request_id: str) -> list[State]:
+        """The states the exchange's deltas changed and no snapshot has written since."""
+        dirty = self.dirty
+        if not dirty:
+            return []
+        mine = [key for key, (_, changed_by) in dirty.items() if changed_by == request_id]
+        return [dirty.pop(key)[0] for key in mine]
 
     def _tool_call(self, run: RunState, call_id: str) -> ToolCallState:
         state = run.tool_calls.get(call_id)

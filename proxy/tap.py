@@ -1,12 +1,13 @@
 """The tap: bytes that already went to the client → run events → observers.
 
-One `Tap` per exchange. `feed()` gets each raw chunk right after it was written to the client;
-it decompresses its own copy when the upstream compressed the body (the client still gets the
-compressed bytes, contract §4), frames SSE with `SseDecoder`, asks the route's API (apis/base.py)
-whether a frame is a delta it keeps raw, parses each other event's JSON once, has the API fold it
-into the run model (runs.py), and hands a `RunEvent` to the observers. Delta frames are neither
-parsed nor made events: they gather as `RawFrame` tuples and go to the observers in one
-`raw_frames` call per batch (before the next lifecycle event, and at each `flush()`). The stream's
+One `Tap` per exchange. `feed_batch()` gets raw chunks right after they were written to the
+client (DeferredTap batches them); it decompresses its own copy when the upstream compressed the
+body (the client still gets the compressed bytes, contract §4), and frames SSE a batch at a time
+(frames.BatchFramer): the lifecycle frames are found in C, each parsed once and folded into the run
+model (runs.py) by the route's API (apis/base.py), and handed to the observers as a `RunEvent`.
+The frames between them that the API calls deltas are neither framed one by one nor parsed: a run
+of them is one span of bytes, given to the API (`Api.deltas`) and to the observers (`deltas`) in
+one call each. The stream's
 bytes themselves (with each chunk's arrival) go to the observers as `StreamBytes`, at its end or in
 segments (SEGMENT_BYTES, `segment_s`): the recording is made from them off the loop
 (record/streams.py), so nothing per event is built for it here. A JSON body (a poll, a
@@ -27,7 +28,9 @@ from typing import Any
 
 import orjson
 
-from .exchange import Exchange, Outcome, RawFrame, RunEvent, StreamBytes, utcnow
+from .apis.base import Api
+from .exchange import Exchange, Outcome, RunEvent, StreamBytes, utcnow
+from .frames import FRAME, BatchFramer, FrameScanner, Item
 from .observers import Observers
 from .runs import RunState, RunStore, Seen, State
 from .sse import SseDecoder, SseEvent
@@ -40,6 +43,16 @@ SEGMENT_S = 0.25
 segments, at the first frame boundary after SEGMENT_BYTES or `segment_s` (the recorder's batch
 interval; this is its default): what the proxy holds per open stream stays bounded, and a crash
 loses of a long stream what it loses of the writer's queue, about one batch interval."""
+
+
+_SCANNERS: dict[Api | None, FrameScanner] = {}
+
+
+def _scanner(api: Api | None) -> FrameScanner:
+    scanner = _SCANNERS.get(api)
+    if scanner is None:
+        scanner = _SCANNERS[api] = FrameScanner(api.delta_events if api is not None else ())
+    return scanner
 
 
 def parse_object(text: str | bytes) -> dict[str, Any] | None:
@@ -65,14 +78,11 @@ class Tap:
         self._tracker = tracker
         self._observers = observers
         self._max_body = max_body
-        self._sse: SseDecoder | None = None
+        self._framer: BatchFramer | None = None
         self._body: list[bytes] | None = None
         self._body_len = 0
         self._inflate: Any = None
-        self._seq = 0
         self._last_received: float | None = None
-        self._raw: list[RawFrame] = []
-        """Delta frames not handed to the observers yet: one `raw_frames` call per run of them."""
         self._stream: StreamBytes | None = None
         """The stream's bytes since the last segment was handed over (SSE only)."""
         self._stream_len = 0
@@ -113,7 +123,7 @@ class Tap:
             return
         if content_type.startswith("text/event-stream"):
             ex.streamed = True
-            self._sse = SseDecoder()
+            self._framer = BatchFramer(_scanner(self._api))
             self._stream = StreamBytes(0, [], [], False)
         elif ex.route.recorded:
             self._body = []
@@ -125,32 +135,48 @@ class Tap:
 
     def feed(self, chunk: bytes, received: float | None = None) -> None:
         """One raw chunk, as it went to the client (`received`: its epoch time). Never raises."""
+        self.feed_batch([chunk], [time.time() if received is None else received])
+
+    def feed_batch(self, chunks: list[bytes], arrived: list[float]) -> None:
+        """Raw chunks in order, as they went to the client, with their epoch arrival times. Never raises."""
         try:
-            self._last_received = received
+            if not chunks:
+                return
+            self._last_received = arrived[-1]
             if self._inflate is not None:
-                chunk = self._inflate.decompress(chunk)
+                chunks, arrived = self._inflated(chunks, arrived)
+                if not chunks:
+                    return
             stream = self._stream
-            if stream is not None and chunk:
-                stream.chunks.append(chunk)
-                stream.arrived.append(time.time() if received is None else received)
-                self._stream_len += len(chunk)
-            if self._sse is not None:
-                events = self._sse.feed(chunk)
-                if events:
-                    at = utcnow() if received is None else datetime.fromtimestamp(received, UTC)
-                    for event in events:
-                        self._on_sse(event, at)
+            if stream is not None:
+                stream.chunks += chunks
+                stream.arrived += arrived
+                self._stream_len += sum(map(len, chunks))
+            if self._framer is not None:
+                self._on_items(self._framer.feed(chunks, arrived))
                 held = stream.arrived if stream is not None else None
                 if held and (self._stream_len >= SEGMENT_BYTES or held[-1] - held[0] >= self._segment_s):
                     self._segment_at_boundary()
             elif self._body is not None:
-                self._collect(chunk)
+                for chunk in chunks:
+                    self._collect(chunk)
         except Exception:
             self._failed("feed")
             # Stop parsing this exchange; the bytes still flow to the client. What was kept of
             # the stream is recorded: its events up to here.
-            self._sse = self._body = self._inflate = None
+            self._framer = self._body = self._inflate = None
             self._hand_over_stream()
+
+    def _inflated(self, chunks: list[bytes], arrived: list[float]) -> tuple[list[bytes], list[float]]:
+        inflate = self._inflate
+        out: list[bytes] = []
+        times: list[float] = []
+        for chunk, at in zip(chunks, arrived, strict=True):
+            plain = inflate.decompress(chunk)
+            if plain:
+                out.append(plain)
+                times.append(at)
+        return out, times
 
     def close(self) -> None:
         """The body ended (or broke off): flush what is buffered."""
@@ -159,21 +185,15 @@ class Tap:
                 tail = self._inflate.flush()
                 if tail:
                     self._inflate = None
-                    self.feed(tail)
-            if self._sse is not None:
-                # A frame the stream's end flushed arrived with the last chunk, not now (the tap may
-                # run well after the relay, tap.DeferredTap).
-                last = self._last_received
-                at = utcnow() if last is None else datetime.fromtimestamp(last, UTC)
-                for event in self._sse.close():
-                    self._on_sse(event, at)
+                    self.feed(tail, self._last_received)
+            if self._framer is not None:
+                self._on_items(self._framer.close())
             elif self._body is not None:
                 self._on_body(b"".join(self._body))
         except Exception:
             self._failed("close")
         finally:
-            self._sse = self._body = None
-            self.flush()
+            self._framer = self._body = None
             self._hand_over_stream()
 
     def _hand_over_stream(self) -> None:
@@ -202,25 +222,35 @@ class Tap:
         changes = self._api.fold(ex, obj, self._tracker, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
         self._deliver(RunEvent(-1, None, "", obj, now, changes=tuple(changes), source="body"))
 
-    def _on_sse(self, event: SseEvent, now: datetime) -> None:
+    def _on_items(self, items: list[Item]) -> None:
         ex = self.ex
-        data = event.data
         api = self._api
-        seq = self._seq
-        self._seq = ex.event_count = seq + 1
-        if api is not None and event.raw is None and api.keep_raw(ex, event.event, data, self._tracker):
-            self._raw.append((seq, event.event, data, now))  # a delta: no parse, no event object
-            return
-        # A lifecycle frame (or one no API claims, or a malformed one): parsed once, folded.
-        obj = parse_object(data)
+        for kind, seq, what, frames, arrived in items:
+            at = datetime.fromtimestamp(arrived, UTC)
+            if kind == FRAME:
+                self._on_frame(seq, what, at)  # type: ignore[arg-type]  # FRAME items hold an SseEvent
+            elif api is not None and api.deltas(ex, frames, self._tracker):  # type: ignore[arg-type]
+                self._observers.deltas(ex, (seq, what, at, frames))  # type: ignore[arg-type]
+            else:  # deltas their API would not take unparsed: framed and parsed one by one
+                self._on_frames(seq, frames, at)  # type: ignore[arg-type]
+        if items:
+            ex.event_count = self._framer.frames if self._framer is not None else ex.event_count
+
+    def _on_frames(self, seq: int, frames: bytes, at: datetime) -> None:
+        for event in SseDecoder().feed(frames):
+            self._on_frame(seq, event, at)
+            seq += 1
+
+    def _on_frame(self, seq: int, event: SseEvent, now: datetime) -> None:
+        """A lifecycle frame (or one no API claims, or a malformed one): parsed once, folded."""
+        ex = self.ex
+        obj = parse_object(event.data)
         changes: list[State] = []
         if obj is None:
             self.done_seen = self.done_seen or event.is_done
-        elif api is not None:
-            changes = api.fold(ex, obj, self._tracker, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
-        if self._raw:
-            self.flush()  # observers see the stream in order
-        self._deliver(RunEvent(seq, event.event, data, obj, now, event.raw, tuple(changes)))
+        elif self._api is not None:
+            changes = self._api.fold(ex, obj, self._tracker, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
+        self._deliver(RunEvent(seq, event.event, event.data, obj, now, event.raw, tuple(changes)))
 
     @property
     def segment_due(self) -> float | None:
@@ -236,18 +266,12 @@ class Tap:
 
     def _segment_at_boundary(self) -> None:
         """Hand over the stream so far if no frame is half-way (a segment must frame on its own)."""
-        if self._sse is not None and self._sse.at_frame_boundary and self._stream is not None:
-            self.flush()
+        framer = self._framer
+        if framer is not None and framer.at_boundary and self._stream is not None:
             segment = self._stream
-            self._stream = StreamBytes(self._seq, [], [], False)
+            self._stream = StreamBytes(framer.frames, [], [], False)
             self._stream_len = 0
             self._observers.stream_bytes(self.ex, segment)
-
-    def flush(self) -> None:
-        """Hand the pending delta frames to the observers (after each batch of chunks, and at the end)."""
-        if self._raw:
-            frames, self._raw = self._raw, []
-            self._observers.raw_frames(self.ex, frames)
 
     def _deliver(self, event: RunEvent) -> None:
         ex = self.ex
@@ -303,14 +327,15 @@ class DeferredTap:
     chunk had been parsed at once; observers see a live stream at most `delay` late.
     """
 
-    __slots__ = ("_chunks", "_delay", "_loop", "_queue", "_segment_timer", "_start", "_timer", "tap")
+    __slots__ = ("_chunks", "_delay", "_loop", "_queue", "_segment_timer", "_start", "_timer", "_times", "tap")
 
     def __init__(self, tap: Tap, loop: asyncio.AbstractEventLoop, delay: float, queue: TapQueue | None = None) -> None:
         self.tap = tap
         self._loop = loop
         self._delay = delay
         self._queue = queue if queue is not None else TapQueue()
-        self._chunks: list[tuple[bytes, float]] = []
+        self._chunks: list[bytes] = []
+        self._times: list[float] = []
         self._timer: asyncio.TimerHandle | None = None
         self._segment_timer: asyncio.TimerHandle | None = None
         """Set while the tap holds stream bytes: hands them over once due, if no chunk comes first."""
@@ -324,7 +349,8 @@ class DeferredTap:
         self._loop.call_soon(self.drain)
 
     def feed(self, chunk: bytes) -> None:
-        self._chunks.append((chunk, time.time()))
+        self._chunks.append(chunk)
+        self._times.append(time.time())
         if self._timer is None:
             self._timer = self._loop.call_later(self._delay, self.drain)
             self._queue.add(self)
@@ -342,11 +368,10 @@ class DeferredTap:
         if self._start is not None:
             start, self._start = self._start, None
             self.tap.response_started(*start)
-        chunks, self._chunks = self._chunks, []
-        feed = self.tap.feed
-        for chunk, received in chunks:
-            feed(chunk, received)
-        self.tap.flush()
+        if self._chunks:
+            chunks, times = self._chunks, self._times
+            self._chunks, self._times = [], []
+            self.tap.feed_batch(chunks, times)
         if arm and self._segment_timer is None:
             self._arm_segment_timer()
 

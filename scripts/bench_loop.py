@@ -49,6 +49,7 @@ class Replayer:
         self.observers = parts.observers
         self.frames = frames
         self.counter = itertools.count()
+        self.batch = True
 
     def run(self) -> None:
         """One streamed run through the tap, as forward.py and tap.DeferredTap drive it."""
@@ -61,8 +62,13 @@ class Replayer:
         ex.t_upstream_headers = ex.t_headers = time.perf_counter()
         tap = Tap(ex, tracker, observers, 1 << 24)
         tap.response_started(ex.content_type, None)
-        for frame in self.frames:
-            tap.feed(frame.replace(bench_upstream.PLACEHOLDER, token), time.time())
+        chunks = [frame.replace(bench_upstream.PLACEHOLDER, token) for frame in self.frames]
+        times = [time.time()] * len(chunks)
+        if self.batch:  # the proxy's DeferredTap hands a fast stream over in one batch
+            tap.feed_batch(chunks, times)
+        else:  # a slow upstream: each chunk its own batch
+            for chunk, at in zip(chunks, times, strict=True):
+                tap.feed_batch([chunk], [at])
         tap.end(Outcome.COMPLETED)
 
     async def cpu_per_run(self, runs: int) -> float:
@@ -96,6 +102,10 @@ async def main(runs: int, repeat: int) -> None:
             best = min([await replayer.cpu_per_run(runs) for _ in range(repeat)])
             print(f"| {label} | off | {best:.0f} us |")
         replayer.observers = parts.observers
+        replayer.batch = False
+        best = min([await replayer.cpu_per_run(runs) for _ in range(repeat)])
+        print(f"| all, one chunk per batch (a slow upstream) | off | {best:.0f} us |")
+        replayer.batch = True
         gc.enable()
         for _ in range(2 * runs):  # a running proxy tracks runs: the collector has an old generation to scan
             replayer.run()

@@ -43,7 +43,7 @@ def feed(tracker: RunTracker, frames: list[bytes], body: bytes, n: int) -> None:
         for frame in frames:
             tap.feed(frame.replace(bench_upstream.PLACEHOLDER, token))
         tap.end(Outcome.COMPLETED)
-        tracker.drain_dirty()
+        tracker.drain_dirty(ex.request_id)
 
 
 def main(n: int) -> None:

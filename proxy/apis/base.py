@@ -3,8 +3,10 @@
 The relay, the tap, the recorder and the observers know no API by name. For each request the
 core asks the registry (apis/__init__.py) for a `Route`; the route names its `Api`, and the tap asks
 that API three things as the response goes by:
-- `keep_raw`: is this SSE frame a delta, recorded as it came but never parsed on the loop? (The bulk
-  of a stream; decided from the `event:` name and the data's first bytes, before any JSON parse.)
+- `delta_events` and `deltas`: which SSE events are deltas (the bulk of a stream), and a run of
+  them as their bytes: recorded as they came, never framed one by one or parsed on the loop
+  (frames.py finds them by name in C); the API keeps what it may need of them (the text of an
+  answer a stream breaks off in).
 - `fold`: a lifecycle object (an SSE event's data or a JSON body) folded into the run model
   (proxy/runs.py): which run, step, tool-call and message states changed.
 - `request_changes`: what the request itself changed once the upstream accepted it (tool outputs
@@ -59,9 +61,12 @@ class Api:
         """This API's route for the request, or None when it is not one of this API's."""
         return None
 
-    def keep_raw(self, ex: Exchange, event: str | None, data: str, store: RunStore) -> bool:
-        """True for a delta frame: recorded as it came, given to `store` raw (the API's stitcher may
-        keep it for a stream that breaks off), never parsed on the loop."""
+    delta_events: ClassVar[frozenset[str]] = frozenset()
+    """SSE event names this API never needs parsed live: its streams' deltas."""
+
+    def deltas(self, ex: Exchange, frames: bytes, store: RunStore) -> bool:
+        """A run of delta frames (canonical SSE: `event: <a delta_events name>\ndata: ...\n\n`,
+        each); False hands them back to be parsed and folded one by one like any other frame."""
         return False
 
     def fold(self, ex: Exchange, obj: dict[str, Any], store: RunStore, seen: Seen) -> list[State]:

@@ -8,7 +8,8 @@ known value), so each exchange writes only what it saw.
 A stream's events are not rows built here: the tap hands over the stream's bytes (`stream_bytes`,
 once at its end or per segment of a long one) and the writer's thread makes them `response_streams`
 or `event_rows` rows (record/streams.py). Delta events change state without producing a row; the
-state they touched is written when the exchange ends (`RunStore.dirty`).
+state they touched is written when their exchange ends, unless a snapshot wrote it first
+(`RunStore.dirty`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,6 @@ from ..runs import MessageState, RunState, RunStore, State, StepState, ToolCallS
 
 class RowSink(Protocol):
     def submit(self, table: str, row: dict[str, Any]) -> None: ...
-
-    def submit_event(self, row: tuple[Any, ...]) -> None:
-        """An `events` row as a tuple in store.writer.EVENT_COLUMNS order (the writer's events lane)."""
-
-    def submit_events(self, rows: list[tuple[Any, ...]]) -> None:
-        """Several `events` rows at once, in order."""
 
     def submit_stream(self, request_id: str, run_id: str | None, segment: StreamBytes, *,
                       record_content: bool = True) -> None:
@@ -103,8 +98,10 @@ class Recorder(Observer):
         })
 
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
+        written = self._tracker.written
         for state in event.changes:
             self._submit_state(state)
+            written(state)
 
     def stream_bytes(self, ex: Exchange, segment: StreamBytes) -> None:
         if ex.run_id is None and not segment.final:
@@ -121,7 +118,7 @@ class Recorder(Observer):
 
     def exchange_finished(self, ex: Exchange) -> None:
         self._release(ex)
-        for state in self._tracker.drain_dirty():
+        for state in self._tracker.drain_dirty(ex.request_id):
             self._submit_state(state)
         self._submit("requests", {
             "request_id": ex.request_id, "status": ex.status, "upstream_request_id": ex.upstream_request_id,

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from ..exchange import Exchange, RawFrame, RunEvent
+from ..exchange import Deltas, Exchange, RunEvent
 from ..observers import Observer
 from ..runs import STEP_TERMINAL, RunState, RunStore, StepState, ToolCallState
 from ..tap import Tap
@@ -217,10 +217,10 @@ class MetricsObserver(Observer):
         run = self._tracker.runs.get(ex.run_id) if self._tracker is not None and ex.run_id else None
         return self._models(run.model if run is not None else None)
 
-    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+    def deltas(self, ex: Exchange, deltas: Deltas) -> None:
         # Delta frames: only the first of an exchange's is timed (time to first chunk).
         if self._first_chunk:
-            self._first_delta(ex, frames[0][3])
+            self._first_delta(ex, deltas[2])
 
     def _first_delta(self, ex: Exchange, received_at: datetime) -> None:
         if self._first_chunk.pop(ex.request_id, None) is None:

@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
-from ..exchange import Exchange, RawFrame, RunEvent
+from ..exchange import Deltas, Exchange, RunEvent
 from ..observers import Observer
 from ..runs import STEP_TERMINAL, RunState, RunStore, StepState, ToolCallState
 from . import semconv as sc
@@ -152,9 +152,9 @@ class TracingObserver(Observer):
             elif kind is ToolCallState:
                 self._on_call(state)
 
-    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+    def deltas(self, ex: Exchange, deltas: Deltas) -> None:
         if self._untimed and ex.run_id is not None:
-            self._first_chunk(ex.run_id, frames[0][3])
+            self._first_chunk(ex.run_id, deltas[2])
 
     def exchange_finished(self, ex: Exchange) -> None:
         rec = self._pending.pop(ex.request_id, None)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..exchange import Exchange, Outcome, RawFrame, RunEvent
+from ..exchange import Deltas, Exchange, Outcome, RunEvent
 from ..observers import Observer
+from ..sse import SseDecoder
 
 
 def replay(observer: Observer, ex: Exchange, events: Iterable[RunEvent],
@@ -37,10 +38,11 @@ class Capture(Observer):
     def run_event(self, ex: Exchange, event: RunEvent) -> None:
         self.calls.append(("run_event", event))
 
-    def raw_frames(self, ex: Exchange, frames: list[RawFrame]) -> None:
+    def deltas(self, ex: Exchange, deltas: Deltas) -> None:
         # As events, so a test sees the whole stream in order whichever way it was delivered.
-        for seq, name, data, at in frames:
-            self.calls.append(("run_event", RunEvent(seq, name, data, None, at)))
+        seq, _count, at, frames = deltas
+        for i, event in enumerate(SseDecoder().feed(frames)):
+            self.calls.append(("run_event", RunEvent(seq + i, event.event, event.data, None, at)))
 
     def exchange_finished(self, ex: Exchange) -> None:
         self.calls.append(("exchange_finished", ex.outcome))

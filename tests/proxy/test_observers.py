@@ -60,24 +60,25 @@ def test_hooks_are_called_in_order_inherited_ones_too_and_only_where_defined():
     assert [o.name for o, _ in observers._run_event] == ["events", "inherits"]  # the no-op base is skipped
 
 
-def test_raw_frames_fan_out_in_one_call_and_a_failure_is_isolated():
+def test_a_run_of_deltas_fans_out_in_one_call_and_a_failure_is_isolated():
     got = []
 
     class Raw(Observer):
         name = "raw"
 
-        def raw_frames(self, ex, frames):
-            got.append(list(frames))
+        def deltas(self, ex, deltas):
+            got.append(deltas)
 
     class BrokenRaw(Observer):
         name = "broken-raw"
 
-        def raw_frames(self, ex, frames):
+        def deltas(self, ex, deltas):
             raise RuntimeError("observer bug")
 
     observers = Observers([BrokenRaw(), Raw(), Observer()])
-    frames = [(3, "thread.message.delta", '{"id":"msg_1"}', utcnow()), (4, "thread.message.delta", "{}", utcnow())]
-    observers.raw_frames(_exchange(), frames)
-    assert got == [frames]
-    assert observers.failures[("broken-raw", "raw_frames")] == 1
-    assert [o.name for o, _ in observers._raw_frames] == ["broken-raw", "raw"]
+    deltas = (3, 2, utcnow(), b'event: thread.message.delta\ndata: {"id":"msg_1"}\n\n'
+                              b'event: thread.message.delta\ndata: {}\n\n')
+    observers.deltas(_exchange(), deltas)
+    assert got == [deltas]
+    assert observers.failures[("broken-raw", "deltas")] == 1
+    assert [o.name for o, _ in observers._deltas] == ["broken-raw", "raw"]

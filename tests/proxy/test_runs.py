@@ -66,15 +66,23 @@ def test_a_message_first_seen_without_its_run_is_given_it_later():
 def test_drain_dirty_hands_over_and_clears():
     store = RunStore()
     message = store._message("msg_1", "run_a")
-    store.dirty[id(message)] = message
-    assert store.drain_dirty() == [message]
-    assert store.drain_dirty() == []
+    store.mark_dirty(message, "req_a")
+    other = store._message("msg_2", "run_a")
+    store.mark_dirty(other, "req_b")
+    assert store.drain_dirty("req_a") == [message]  # only what this exchange's deltas changed
+    assert store.drain_dirty("req_a") == []
+    store.written(other)  # a snapshot wrote it: its deltas need no row of their own
+    assert store.drain_dirty("req_b") == []
 
 
 def test_message_text_is_the_snapshot_else_the_deltas_malformed_ones_skipped():
     message = MessageState("msg_1")
     assert message.text is None
-    message.delta_data += [delta("Hel"), "{not json", '{"delta": 3}', delta("lo")]
+    frames = [f"event: thread.message.delta\ndata: {data}\n\n".encode()
+              for data in (delta("Hel"), "{not json", '{"delta": 3}', delta("lo"))]
+    message.delta_frames += [b"".join(frames[:3]), frames[3]]
+    other = delta("Hel").replace('"msg_1"', '"msg_2"')  # another message's delta in the run: not this text
+    message.delta_frames.append(f"event: thread.message.delta\ndata: {other}\n\n".encode())
     assert message.text == "Hello"
     message.snapshot_text = "Hello, world"
     assert message.text == "Hello, world"

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ...runs import RunStore, Seen, State
 
 MESSAGE_DELTA = "thread.message.delta"
+_FIRST_ID = b'event: thread.message.delta\ndata: {"id":"'
 
 
 class AssistantsApi(Api):
@@ -27,12 +28,20 @@ class AssistantsApi(Api):
         route = classify(method, path, self)
         return None if route.api is None else route
 
-    def keep_raw(self, ex: Exchange, event: str | None, data: str, store: RunStore) -> bool:
+    delta_events = frozenset({MESSAGE_DELTA})
+
+    def deltas(self, ex: Exchange, frames: bytes, store: RunStore) -> bool:
         # The bulk of a stream: a message's text in pieces, needed only if the stream breaks off
-        # before `thread.message.completed` (runs.RunTracker.message_delta keeps it raw).
-        if event != MESSAGE_DELTA or not data.startswith('{"id":"'):
+        # before `thread.message.completed` (runs.RunTracker.message_delta keeps the bytes). A run
+        # of deltas lies between two lifecycle events, so it is one message's: the one the first
+        # names (MessageState.text reads only that message's from it all the same).
+        if not frames.startswith(_FIRST_ID):
             return False
-        _tracker(store).message_delta(data[7:data.find('"', 7)], data)
+        start = len(_FIRST_ID)
+        end = frames.find(b'"', start)
+        if end < 0:
+            return False
+        _tracker(store).message_delta(frames[start:end].decode("utf-8", "replace"), frames, ex.request_id)
         return True
 
     def fold(self, ex: Exchange, obj: dict[str, Any], store: RunStore, seen: Seen) -> list[State]:
@@ -50,5 +59,5 @@ class AssistantsApi(Api):
 
 def _tracker(store: RunStore) -> RunTracker:
     # The app builds the Assistants RunTracker as the run store (app.py); a cast, not a check,
-    # because keep_raw runs for most frames of a stream.
+    # because deltas runs for most of a stream.
     return cast(RunTracker, store)

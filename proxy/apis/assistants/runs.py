@@ -95,9 +95,9 @@ class RunTracker(RunStore):
         if kind == "thread.message":
             return [self._apply_message(obj)] if isinstance(obj.get("id"), str) else []
         if kind == "thread.run.step.delta":
-            self._apply_step_delta(obj)
+            self._apply_step_delta(obj, seen.request_id)
         elif kind == "thread.message.delta" and isinstance(obj.get("id"), str):
-            self.message_delta(obj["id"], orjson.dumps(obj).decode())
+            self.message_delta(obj["id"], b"data: " + orjson.dumps(obj) + b"\n\n", seen.request_id)
         elif kind == "list" and isinstance(obj.get("data"), list):
             changed: list[State] = []
             for item in obj["data"]:
@@ -231,7 +231,7 @@ class RunTracker(RunStore):
             state.requested_at = state.requested_at or at
         return state
 
-    def _apply_step_delta(self, obj: dict[str, Any]) -> None:
+    def _apply_step_delta(self, obj: dict[str, Any], request_id: str) -> None:
         step = self._steps.get(obj.get("id"))  # type: ignore[arg-type]  # a str or a miss
         details = ((obj.get("delta") or {}).get("step_details")) or {}
         if step is None or step.status in STEP_TERMINAL or not isinstance(details.get("tool_calls"), list):
@@ -251,7 +251,7 @@ class RunTracker(RunStore):
                 step.calls_by_index[index] = state
             if not state.complete:
                 _merge_call(state, fragment, append=True)
-            self.dirty[id(state)] = state
+            self.mark_dirty(state, request_id)
 
     def _apply_message(self, obj: dict[str, Any]) -> MessageState:
         message = self._message(obj.get("id"), obj.get("run_id"))  # type: ignore[arg-type]
@@ -270,16 +270,16 @@ class RunTracker(RunStore):
             message.snapshot_text = text
             # The raw deltas only stood in for the text until now; held for up to max_tracked_runs
             # runs they were about half of the tracker's memory (scripts/soak.py).
-            message.delta_data = []
+            message.delta_frames = []
         return message
 
-    def message_delta(self, message_id: str, data: str) -> None:
-        """A `thread.message.delta`, kept raw: most events of a stream are these, and their text
-        is needed only when the stream breaks off before `thread.message.completed`."""
+    def message_delta(self, message_id: str, frames: bytes, request_id: str) -> None:
+        """`thread.message.delta` frames, kept as bytes: most events of a stream are these, and
+        their text is needed only when the stream breaks off before `thread.message.completed`."""
         message = self._messages.get(message_id)
         if message is not None and message.snapshot_text is None:
-            message.delta_data.append(data)
-            self.dirty[id(message)] = message
+            message.delta_frames.append(frames)
+            self.mark_dirty(message, request_id)
 
     # -- requests ----------------------------------------------------------------------------
     def tool_outputs_submitted(

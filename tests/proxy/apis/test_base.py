@@ -22,7 +22,8 @@ def test_the_base_api_has_no_runs():
     store = RunStore()
     seen = Seen("req_1", None, None, datetime.now(UTC))
     assert api.classify("POST", "/v1/threads/runs") is None
-    assert api.keep_raw(ex, "thread.message.delta", '{"id":"msg_1"}', store) is False
+    assert api.delta_events == frozenset()
+    assert api.deltas(ex, b'event: thread.message.delta\ndata: {"id":"msg_1"}\n\n', store) is False
     assert api.fold(ex, {"object": "thread.run", "id": "run_1"}, store, seen) == []
     assert api.request_changes(ex, store, seen.at) == []
     assert store.runs == {}

@@ -30,12 +30,14 @@ def test_only_message_deltas_are_kept_raw_and_go_to_their_message_unparsed():
     tracker = RunTracker()
     ex = exchange("POST", "/v1/threads/thread_1/runs")
     tracker._message("msg_1", "run_1")
-    data = '{"id":"msg_1","object":"thread.message.delta","delta":{"content":[]}}'
-    assert API.keep_raw(ex, "thread.message.delta", data, tracker)
-    assert tracker._messages["msg_1"].delta_data == [data]
-    assert not API.keep_raw(ex, "thread.run.step.delta", data, tracker)
-    assert not API.keep_raw(ex, "thread.message.delta", '{"object":"thread.message.delta","id":"msg_1"}',
-                            tracker)  # another shape is parsed, never guessed at
+    assert API.delta_events == {"thread.message.delta"}  # a step's deltas carry tool arguments: parsed
+    frames = (b'event: thread.message.delta\ndata: {"id":"msg_1","object":"thread.message.delta","delta":{}}\n\n'
+              b'event: thread.message.delta\ndata: {"id":"msg_1","object":"thread.message.delta","delta":{}}\n\n')
+    assert API.deltas(ex, frames, tracker)
+    assert tracker._messages["msg_1"].delta_frames == [frames]
+    other_shape = b'event: thread.message.delta\ndata: {"object":"thread.message.delta","id":"msg_1"}\n\n'
+    assert not API.deltas(ex, other_shape, tracker)  # another shape is parsed, never guessed at
+    assert not API.deltas(ex, b'event: thread.message.delta\ndata: {"id":"msg_1\n\n', tracker)
 
 
 def test_a_thread_object_names_the_exchanges_thread_and_changes_no_run():

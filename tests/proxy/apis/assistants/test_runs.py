@@ -105,8 +105,9 @@ def test_step_deltas_build_tool_call_arguments_and_mark_dirty():
                        "delta": {"step_details": {"type": "tool_calls", "tool_calls": [fragment]}}}, seen())
     call = tracker.runs["run_1"].tool_calls["call_1"]
     assert (call.name, call.arguments, call.step_id) == ("get_weather", '{"city":"SF"}', "step_1")
-    assert call in tracker.drain_dirty()
-    assert tracker.drain_dirty() == []
+    assert tracker.drain_dirty("another request") == []
+    assert call in tracker.drain_dirty("rq1")
+    assert tracker.drain_dirty("rq1") == []
 
 
 def test_step_usage_error_and_message_link():
@@ -131,7 +132,7 @@ def test_message_text_from_deltas_until_the_completed_snapshot():
     tracker.apply(message | {"status": "completed", "completed_at": T0 + 3,
                              "content": [{"type": "text", "text": {"value": "Hello!", "annotations": []}}]}, seen())
     assert (state.text, state.status) == ("Hello!", "completed")
-    assert state.delta_data == []  # superseded by the snapshot: a tracked run does not keep its answer twice
+    assert state.delta_frames == []  # superseded by the snapshot: a tracked run does not keep its answer twice
 
 
 def test_lists_are_applied_item_by_item():
