@@ -1,4 +1,6 @@
-"""A faithful fake of the OpenAI Assistants v2 upstream (``/v1/...`` and Azure ``/openai/...``).
+"""A faithful fake of the OpenAI upstream (``/v1/...`` and Azure ``/openai/...``): Assistants v2 here,
+the Responses API, Conversations and Chat Completions in their own modules (``responses_server``,
+``responses_ws``, ``conversations``, ``chat``; protocol-responses.md), registered by ``_make_app``.
 
 It is product code (``runtap fake-upstream``, ``make demo``, the benchmark's fast upstream) and the
 only upstream the test suite talks to, so it behaves like the real service where the proxy can
@@ -15,6 +17,9 @@ Usage in tests::
     server = await aiohttp_server(fake.app)
     ...
     fake.responses[-1].body  # exact bytes written
+
+    fake.enqueue_response(ResponseScript.function_call("get_weather", {"city": "Paris"}))
+    fake.enqueue_chat(ChatScript("Hi!"))
 """
 
 from __future__ import annotations
@@ -25,21 +30,31 @@ import gzip
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.testing.chat import ChatApi
 from proxy.testing.engine import ApiError, Engine, RunRecord
 from proxy.testing.faults import Fault, SeenRequest, SentResponse, Shaper, Wire, abort_transport
+from proxy.testing.plumbing import BAD_JSON as _BAD_JSON
+from proxy.testing.plumbing import BODY, FAULT, STARTED, check_metadata, page
+from proxy.testing.responses_scripts import (
+    ChatScript,
+    ChatScriptFactory,
+    DemoChatScripts,
+    DemoResponseScripts,
+    ResponseScript,
+    ResponseScriptFactory,
+    default_chat_script,
+    default_response_script,
+)
+from proxy.testing.responses_server import ResponsesApi
 from proxy.testing.scripts import DemoScripts, Script, ScriptFactory, default_script
 from proxy.testing.streams import PAUSE_OR_TERMINAL, RUN_STATUS_EVENTS, Ids, Json, now
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-STARTED = web.RequestKey("runtap_fake_started", float)
-BODY = web.RequestKey("runtap_fake_body", bytes)
-FAULT = web.RequestKey("runtap_fake_fault", Fault | None)  # type: ignore[arg-type]
 
 _RUN_KEYS = {"assistant_id", "instructions", "max_completion_tokens", "max_prompt_tokens", "metadata",
              "model", "parallel_tool_calls", "response_format", "stream", "temperature", "tool_choice",
@@ -57,10 +72,6 @@ _NO_KEY = ("You didn't provide an API key. You need to provide your API key in a
            "obtain an API key from https://platform.openai.com/account/api-keys.")
 _NO_BETA = ("You must provide the 'OpenAI-Beta' header to access the Assistants API. Please try again by "
             "setting the header 'OpenAI-Beta: assistants=v2'.")
-_BAD_JSON = ("We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
-             "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
-             "valid JSON.")
-
 
 class FakeUpstream:
     """The fake service. ``app`` is an aiohttp application; state lives in ``engine``.
@@ -72,9 +83,15 @@ class FakeUpstream:
     def __init__(self, *, default_script: ScriptFactory = default_script, seed: int | None = None,
                  api_keys: Collection[str] | None = None, poll_after_ms: int | None = 1,
                  chunk_size: int | None = None, record: bool = True, max_threads: int | None = None,
-                 clock: Callable[[], int] = now) -> None:
+                 clock: Callable[[], int] = now,
+                 default_response_script: ResponseScriptFactory = default_response_script,
+                 default_chat_script: ChatScriptFactory = default_chat_script) -> None:
         self.ids = Ids(seed)
         self.engine = Engine(self.ids, clock, max_threads)
+        # Responses/Conversations and Chat Completions (protocol-responses.md); a served fake bounds
+        # their stored responses with the same cap as its threads.
+        self.responses_api = ResponsesApi(self, clock, default_response_script, max_threads)
+        self.chat_api = ChatApi(self, clock, default_chat_script)
         self.default_script = default_script
         self.api_keys = set(api_keys) if api_keys is not None else None
         self.poll_after_ms, self.chunk_size, self.record = poll_after_ms, chunk_size, record
@@ -88,6 +105,20 @@ class FakeUpstream:
     def enqueue(self, script: Script) -> None:
         """The next created run follows ``script`` (FIFO); an empty queue uses ``default_script``."""
         self.scripts.append(script)
+
+    def enqueue_response(self, script: ResponseScript) -> None:
+        """The next created Response (``POST /responses`` or a WebSocket ``response.create``)
+        follows ``script`` (FIFO); an empty queue uses ``default_response_script``."""
+        self.responses_api.scripts.append(script)
+
+    def enqueue_chat(self, script: ChatScript) -> None:
+        """The next ``POST /chat/completions`` follows ``script`` (FIFO)."""
+        self.chat_api.scripts.append(script)
+
+    def response(self, response_id: str) -> Json:
+        """The Response's current server-side snapshot (no polling side effect; deleted or
+        ``store: false`` responses included)."""
+        return self.responses_api.engine.records[response_id].response
 
     def fault(self, fault: Fault) -> None:
         """Apply ``fault`` to the next response whose method/path match (FIFO, used once)."""
@@ -121,6 +152,8 @@ class FakeUpstream:
             r.add_get(run + "/steps/{step_id}", self._get_step)
             r.add_post(run + "/submit_tool_outputs", self._submit_tool_outputs)
             r.add_post(run + "/cancel", self._cancel_run)
+        self.responses_api.add_routes(r)
+        self.chat_api.add_routes(r)
         r.add_route("*", "/{tail:.*}", self._not_found, name="not_found")
         return app
 
@@ -151,11 +184,12 @@ class FakeUpstream:
             return await self._json(request, e.status, e.body)
 
     def _check_access(self, request: web.Request) -> None:
-        """Auth and versioning as the two services do it: OpenAI wants a Bearer key and
-        ``OpenAI-Beta: assistants=v2``; Azure wants ``api-key`` (or an AAD Bearer) and
-        ``api-version``, and does not require the beta header (the SDK sends it anyway)."""
+        """Auth and versioning as the two services do it: OpenAI wants a Bearer key and, for the
+        Assistants routes only, ``OpenAI-Beta: assistants=v2``; Azure wants ``api-key`` (or an AAD
+        Bearer) and ``api-version`` -- except on its v1 API (``/openai/v1/...``, protocol-responses.md
+        §1), which has no ``api-version`` -- and does not require the beta header."""
         azure = request.path.startswith("/openai/")
-        if azure and "api-version" not in request.query:
+        if azure and not request.path.startswith("/openai/v1/") and "api-version" not in request.query:
             raise ApiError(404, "Resource not found",
                            body={"error": {"code": "404", "message": "Resource not found"}})
         auth = request.headers.get("Authorization", "")
@@ -169,7 +203,8 @@ class FakeUpstream:
             raise ApiError(401, f"Incorrect API key provided: {masked}. You can find your API key at "
                                 "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
         beta = [v.strip() for v in request.headers.get("OpenAI-Beta", "").split(",")]
-        if not azure and "assistants=v2" not in beta and request.match_info.route.name != "not_found":
+        assistants = "/threads" in request.match_info.route.resource.canonical  # type: ignore[union-attr]
+        if not azure and "assistants=v2" not in beta and assistants:
             raise ApiError(400, _NO_BETA, code="invalid_beta")
 
     def _log(self, sent: SentResponse) -> None:
@@ -263,7 +298,7 @@ class FakeUpstream:
             for key in body:
                 if key not in allowed:
                     raise ApiError(400, f"Unrecognized request argument supplied: {key}")
-        _check_metadata(body.get("metadata"))
+        check_metadata(body.get("metadata"))
         return body
 
     def _next_script(self, body: Json) -> Script:
@@ -327,11 +362,11 @@ class FakeUpstream:
     async def _list_runs(self, request: web.Request) -> web.StreamResponse:
         thread = self.engine.thread(request.match_info["thread_id"])
         runs = [self.engine.runs[i].run for i in thread.run_ids if i in self.engine.runs]
-        return await self._json(request, 200, _page(runs, request))
+        return await self._json(request, 200, page(runs, request))
 
     async def _list_steps(self, request: web.Request) -> web.StreamResponse:
         rec = self._run_of(request)
-        return await self._json(request, 200, _page(list(rec.steps.values()), request))
+        return await self._json(request, 200, page(list(rec.steps.values()), request))
 
     async def _get_step(self, request: web.Request) -> web.StreamResponse:
         rec = self._run_of(request)
@@ -367,7 +402,7 @@ class FakeUpstream:
         messages = list(thread.messages.values())
         if run_id := request.query.get("run_id"):
             messages = [m for m in messages if m["run_id"] == run_id]
-        return await self._json(request, 200, _page(messages, request))
+        return await self._json(request, 200, page(messages, request))
 
     async def _get_message(self, request: web.Request) -> web.StreamResponse:
         thread = self.engine.thread(request.match_info["thread_id"])
@@ -386,42 +421,11 @@ def _require_assistant(body: Json) -> None:
                        code="missing_required_parameter")
 
 
-def _check_metadata(metadata: Any) -> None:
-    """16 pairs, keys <= 64 chars, values <= 512 chars (protocol.md §4.3)."""
-    if metadata is None:
-        return
-    if not isinstance(metadata, dict) or len(metadata) > 16:
-        raise ApiError(400, "Invalid 'metadata': expected an object with at most 16 properties.",
-                       param="metadata", code="invalid_value")
-    for k, v in metadata.items():
-        if len(k) > 64 or not isinstance(v, str) or len(v) > 512:
-            raise ApiError(400, f"Invalid 'metadata.{k}': keys must be at most 64 characters and values "
-                                "strings of at most 512 characters.", param="metadata", code="invalid_value")
-
-
-def _page(items: list[Json], request: web.Request) -> Json:
-    """A cursor page like the real list endpoints (default ``order=desc``, ``limit=20``)."""
-    q = request.query
-    try:
-        limit = max(1, min(100, int(q.get("limit", "20"))))
-    except ValueError:
-        raise ApiError(400, "Invalid 'limit': expected an integer.", param="limit",
-                       code="invalid_type") from None
-    seq = items if q.get("order", "desc") == "asc" else items[::-1]
-    ids = [i["id"] for i in seq]
-    if (after := q.get("after")) in ids:
-        seq = seq[ids.index(after) + 1:]
-    elif (before := q.get("before")) in ids:
-        seq = seq[:ids.index(before)][-limit:]
-    page = seq[:limit]
-    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": len(seq) > limit}
-
-
 # -- serving -----------------------------------------------------------------------------------
 def demo_upstream(seed: int | None = None) -> FakeUpstream:
     """The served flavour: realistic cycling scripts, no logs, bounded state (benchmarks run long)."""
-    return FakeUpstream(default_script=DemoScripts(), seed=seed, record=False, max_threads=10_000)
+    return FakeUpstream(default_script=DemoScripts(), seed=seed, record=False, max_threads=10_000,
+                        default_response_script=DemoResponseScripts(), default_chat_script=DemoChatScripts())
 
 
 async def serve(host: str, port: int, upstream: FakeUpstream | None = None) -> web.AppRunner:

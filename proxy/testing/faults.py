@@ -35,6 +35,9 @@ Malformed = Literal[
     "crlf",  # valid variant: CRLF line endings
     "comments",  # valid variant: ": ping" comment line before every event
     "split_data",  # valid variant: run events' JSON split over two data: lines
+    # Responses streams only (protocol-responses.md §2, compatible servers such as OpenRouter):
+    "data_only",  # valid variant: no "event:" lines, the type is only in the JSON
+    "trailing_done",  # a "data: [DONE]" frame after the terminal event
 ]
 
 _DEFAULT_ERRORS: dict[int, tuple[str, str | None, str]] = {

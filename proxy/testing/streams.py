@@ -59,6 +59,10 @@ class Ids:
     def request_id(self) -> str:
         return "req_" + "".join(self._rng.choices("0123456789abcdef", k=32))
 
+    def chars(self, length: int, alphabet: str = BASE62) -> str:
+        """Random characters from the same seeded stream (hex ids, obfuscation padding)."""
+        return "".join(self._rng.choices(alphabet, k=length))
+
 
 def now() -> int:
     """Unix seconds, the unit of every Assistants timestamp."""
