@@ -53,6 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -108,8 +109,19 @@ class _Stream:
         return len(self.segment.chunks)
 
     def items(self) -> tuple[list[Item], list[EventRow]]:
-        """Its rows for a batch: rows like any other, and event rows as tuples."""
-        row, events = stream_rows(self.request_id, self.run_id, self.segment, record_content=self.record_content)
+        """Its rows for a batch: rows like any other, and event rows as tuples. Never raises: this
+        runs in the writer's thread, which a bad segment must not stop."""
+        segment = self.segment
+        try:
+            row, events = stream_rows(self.request_id, self.run_id, segment, record_content=self.record_content)
+        except Exception:
+            # Not a segment the tap builds (chunks and times out of step, a chunk not bytes): kept
+            # as one malformed event holding every byte, so nothing is lost.
+            log.exception("stream segment of %s could not be framed; stored raw", self.request_id)
+            body = b"".join(c for c in segment.chunks if isinstance(c, bytes))
+            at = datetime.fromtimestamp(segment.arrived[-1] if segment.arrived else time.time(), UTC)
+            raw = body if self.record_content else None
+            return [], [(self.request_id, segment.seq0, None, "", at, self.run_id, raw)]
         return ([("response_streams", row)] if row is not None else []), events
 
     def rows(self) -> list[Item]:

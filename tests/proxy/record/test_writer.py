@@ -621,6 +621,17 @@ async def test_a_streams_events_cross_the_queue_as_one_entry(writer: Writer) -> 
     assert (writer.rows_written_total, writer.spilled_rows_total, writer.write_errors_total) == (1, 0, 0)
 
 
+async def test_a_segment_that_cannot_be_framed_is_stored_raw_and_the_writer_goes_on(writer: Writer) -> None:
+    bad = StreamBytes(0, [b"event: a\r\ndata: 1\r\n\r\n", b"event: b\r\ndata: 2\r\n\r\n"], [1_796_000_000.0], True)
+    writer.submit_stream("req_bad", "run_1", bad)  # times out of step with chunks: no builder makes this
+    writer.submit_stream("req_ok", "run_1", segment(0, frames(0, 2)))
+    await writer.flush()
+    assert query(writer, "select request_id, seq, raw from events where request_id = 'req_bad'") == [
+        ("req_bad", 0, b"event: a\r\ndata: 1\r\n\r\nevent: b\r\ndata: 2\r\n\r\n")]
+    assert query(writer, "select count(*) from events where request_id = 'req_ok'") == [(2,)]
+    assert writer.write_errors_total == 0
+
+
 async def test_a_stream_after_close_is_spilled_not_lost(db_path: Path) -> None:
     w = Writer(db_path)
     w.start()
