@@ -169,11 +169,12 @@ class RunStore:
         self.runs: OrderedDict[str, RunState] = OrderedDict()
         self._steps: dict[str, StepState] = {}
         self._messages: dict[str, MessageState] = {}
-        self.dirty: dict[int, tuple[State, str]] = {}
-        """States changed by deltas only, each with the exchange whose deltas changed it: the
-        recorder writes them when that exchange ends (a stream that breaks off keeps its partial
-        answer), unless a snapshot wrote them first. Another exchange's end leaves them alone: at
-        high concurrency each would otherwise write every open stream's partial text."""
+        self.dirty: dict[str, dict[int, State]] = {}
+        """States changed by deltas only, by the exchange whose deltas changed them: the recorder
+        writes them when that exchange ends (a stream that breaks off keeps its partial answer),
+        unless a snapshot wrote them first. Another exchange's end leaves them alone: at high
+        concurrency each would otherwise write every open stream's partial text."""
+        self._dirty_by: dict[int, str] = {}
 
     def run(self, run_id: str) -> RunState:
         state = self.runs.get(run_id)
@@ -192,20 +193,37 @@ class RunStore:
             self._messages.pop(message_id, None)
 
     def mark_dirty(self, state: State, request_id: str) -> None:
-        self.dirty[id(state)] = (state, request_id)
+        key = id(state)
+        before = self._dirty_by.get(key)
+        if before == request_id:
+            return
+        if before is not None:
+            self._undirty(key, before)
+        self._dirty_by[key] = request_id
+        self.dirty.setdefault(request_id, {})[key] = state
 
     def written(self, state: State) -> None:
         """The state's snapshot went to the recording: its deltas so far need no row of their own."""
-        if self.dirty:
-            self.dirty.pop(id(state), None)
+        if self._dirty_by:
+            request_id = self._dirty_by.pop(id(state), None)
+            if request_id is not None:
+                self._undirty(id(state), request_id)
 
     def drain_dirty(self, request_id: str) -> list[State]:
         """The states the exchange's deltas changed and no snapshot has written since."""
-        dirty = self.dirty
-        if not dirty:
+        mine = self.dirty.pop(request_id, None)
+        if not mine:
             return []
-        mine = [key for key, (_, changed_by) in dirty.items() if changed_by == request_id]
-        return [dirty.pop(key)[0] for key in mine]
+        for key in mine:
+            self._dirty_by.pop(key, None)
+        return list(mine.values())
+
+    def _undirty(self, key: int, request_id: str) -> None:
+        states = self.dirty.get(request_id)
+        if states is not None:
+            states.pop(key, None)
+            if not states:
+                del self.dirty[request_id]
 
     def _tool_call(self, run: RunState, call_id: str) -> ToolCallState:
         state = run.tool_calls.get(call_id)

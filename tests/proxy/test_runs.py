@@ -73,6 +73,10 @@ def test_drain_dirty_hands_over_and_clears():
     assert store.drain_dirty("req_a") == []
     store.written(other)  # a snapshot wrote it: its deltas need no row of their own
     assert store.drain_dirty("req_b") == []
+    store.mark_dirty(message, "req_a")
+    store.mark_dirty(message, "req_c")  # a later exchange's deltas changed it: its end writes it
+    assert store.drain_dirty("req_a") == [] and store.drain_dirty("req_c") == [message]
+    assert store.dirty == {} and store._dirty_by == {}  # nothing left behind to scan
 
 
 def test_message_text_is_the_snapshot_else_the_deltas_malformed_ones_skipped():
