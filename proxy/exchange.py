@@ -82,6 +82,8 @@ class Exchange:
     event_count: int = 0
     thread_id: str | None = None
     run_id: str | None = None
+    response_id: str | None = None
+    """The Responses API response this exchange created or touched (`resp_...`)."""
     trace_id: str | None = None
     """Hex trace id of the run this exchange touched (tracing sets it before the tap sees run objects)."""
     traceparent: str | None = None

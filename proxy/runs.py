@@ -20,6 +20,30 @@ from typing import Any
 
 import orjson
 
+RECORDED: dict[type, tuple[str, tuple[str, ...]]] = {}
+"""Each state type the recorder writes: (its table, the columns a snapshot of it fills). The run
+model's four are below; an API adds its own (apis/responses/states.py)."""
+
+_RUN_COLUMNS = (
+    "run_id", "thread_id", "assistant_id", "model", "status", "key_id", "created_at", "started_at",
+    "ended_at", "expires_at", "prompt_tokens", "completion_tokens", "total_tokens", "last_error_code",
+    "last_error_message", "incomplete_reason", "tool_rounds", "trace_id", "max_prompt_tokens",
+    "max_completion_tokens", "request_count", "first_seen_at", "last_seen_at", "api",
+)
+_STEP_COLUMNS = (
+    "step_id", "run_id", "thread_id", "type", "status", "created_at", "ended_at", "prompt_tokens",
+    "completion_tokens", "total_tokens", "last_error_code", "last_error_message", "message_id",
+    "first_seen_at", "last_seen_at",
+)
+_CALL_COLUMNS = (
+    "tool_call_id", "step_id", "run_id", "type", "name", "arguments", "output", "requested_at",
+    "submitted_at", "call_index",
+)
+_MESSAGE_COLUMNS = (
+    "message_id", "thread_id", "run_id", "assistant_id", "role", "status", "text", "created_at",
+    "completed_at", "incomplete_reason",
+)
+
 RUN_TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled", "expired"})
 STEP_TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
 
@@ -135,6 +159,8 @@ class RunState:
     request_count: int = 0
     first_seen_at: datetime | None = None
     last_seen_at: datetime | None = None
+    api: str = "assistants"
+    """Which API's runs: `assistants`, `responses` (a turn), `chat`."""
     last_request_id: str | None = None
     pending_call_ids: frozenset[str] = frozenset()
     counted_call_ids: frozenset[str] = frozenset()
@@ -148,7 +174,14 @@ class RunState:
         return self.status in RUN_TERMINAL
 
 
-State = RunState | StepState | ToolCallState | MessageState
+State = Any
+"""A snapshot the recorder writes: one of RECORDED's types (RunState, StepState, ...)."""
+RECORDED.update({
+    RunState: ("runs", _RUN_COLUMNS),
+    StepState: ("run_steps", _STEP_COLUMNS),
+    ToolCallState: ("tool_calls", _CALL_COLUMNS),
+    MessageState: ("messages", _MESSAGE_COLUMNS),
+})
 
 
 @dataclass(slots=True)
@@ -169,6 +202,8 @@ class RunStore:
         self.runs: OrderedDict[str, RunState] = OrderedDict()
         self._steps: dict[str, StepState] = {}
         self._messages: dict[str, MessageState] = {}
+        self.extensions: dict[str, Any] = {}
+        """Each API's own stitching state beside the run model (apis/responses: its responses)."""
         self.dirty: dict[str, dict[int, State]] = {}
         """States changed by deltas only, by the exchange whose deltas changed them: the recorder
         writes them when that exchange ends (a stream that breaks off keeps its partial answer),
@@ -185,6 +220,15 @@ class RunStore:
         else:
             self.runs.move_to_end(run_id)
         return state
+
+    def adopt(self, run: RunState) -> None:
+        """A run an API built itself (a Responses turn): tracked, and bounded, like the others."""
+        if run.run_id in self.runs:
+            self.runs.move_to_end(run.run_id)
+            return
+        self.runs[run.run_id] = run
+        if len(self.runs) > self.max_runs:
+            self._evict(self.runs.popitem(last=False)[1])
 
     def _evict(self, run: RunState) -> None:
         for step_id in run.steps:

@@ -103,12 +103,32 @@ class Tap:
         `exchange_finished` exactly once."""
         self.close()
         ex = self.ex
-        if outcome is Outcome.COMPLETED and ex.streamed and not self.done_seen:
+        if outcome is Outcome.COMPLETED and ex.streamed and not self._ended_cleanly():
             # A clean EOF is relayed as one (the client sees what the upstream did); the
             # recording says the stream never finished.
-            outcome, error = Outcome.TRUNCATED, "stream ended before [DONE]"
+            outcome, error = Outcome.TRUNCATED, self._cut_reason()
+        if self._api is not None and ex.outcome is None:
+            try:
+                now = utcnow()
+                changes = self._api.exchange_ended(ex, self._tracker, now)
+                if changes:
+                    self._deliver(RunEvent(-1, None, "", None, now, changes=tuple(changes), source="end"))
+            except Exception:
+                self._failed("end")
         if ex.finish(outcome, error, at):
             self._observers.exchange_finished(ex)
+
+    def _ended_cleanly(self) -> bool:
+        """The stream reached its protocol's end: `[DONE]`, or what the route's API says ends it."""
+        if self.done_seen:
+            return True
+        api = self._api
+        return api is not None and api.stream_ended(self.ex, self._tracker)
+
+    def _cut_reason(self) -> str:
+        api = self._api
+        return "stream ended before [DONE]" if api is None or api.stream_end is None else \
+            f"stream ended before {api.stream_end}"
 
     def _start(self, content_type: str, encoding: str) -> None:
         ex = self.ex

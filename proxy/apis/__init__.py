@@ -9,8 +9,9 @@ from functools import lru_cache
 
 from .assistants import API as ASSISTANTS
 from .base import OTHER, Api, Route
+from .responses import API as RESPONSES
 
-APIS: tuple[Api, ...] = (ASSISTANTS,)
+APIS: tuple[Api, ...] = (ASSISTANTS, RESPONSES)
 
 __all__ = ["APIS", "OTHER", "Api", "Route", "classify"]
 

@@ -10,7 +10,7 @@ that API three things as the response goes by:
 - `fold`: a lifecycle object (an SSE event's data or a JSON body) folded into the run model
   (proxy/runs.py): which run, step, tool-call and message states changed.
 - `request_changes`: what the request itself changed once the upstream accepted it (tool outputs
-  a client submitted).
+  a client submitted); `exchange_ended`: what its end changed (a stream cut before its end).
 Routes no API claims are relayed and recorded as requests only (`OTHER`).
 """
 
@@ -36,6 +36,8 @@ class Route:
     thread_id: str | None = None
     run_id: str | None = None
     step_id: str | None = None
+    response_id: str | None = None
+    """The Responses API response the path names (`GET /v1/responses/{response_id}`)."""
     api: Api | None = None
     """None: relayed, its request recorded, its body neither read whole nor parsed."""
     creates_run: bool = False
@@ -75,4 +77,16 @@ class Api:
 
     def request_changes(self, ex: Exchange, store: RunStore, at: datetime) -> list[State]:
         """What the request changed, once the upstream accepted it (its status is below 300)."""
+        return []
+
+    stream_end: ClassVar[str | None] = None
+    """What ends this API's streams when it is not `data: [DONE]` (named in a truncation's error)."""
+
+    def stream_ended(self, ex: Exchange, store: RunStore) -> bool:
+        """Whether a stream without `[DONE]` reached its protocol's end all the same."""
+        return False
+
+    def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime) -> list[State]:
+        """What the end of the exchange changed (a stream cut before its terminal event), after
+        its last event and before the observers hear it finished."""
         return []

@@ -771,6 +771,123 @@ def m005_event_streams(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+EVENTS_VIEW_RESPONSES = (
+    "create or replace view events as"
+    " select e.request_id, e.seq, e.event, e.data, e.received_at, e.run_id, e.raw,"
+    " case when json_valid(e.data) then try_cast(json_extract_string(e.data, '$.sequence_number') as bigint)"
+    " end as sequence_number,"
+    " coalesce(case when json_valid(e.data) then json_extract_string(e.data, '$.response.id') end, r.response_id)"
+    " as response_id"
+    " from (" + EVENTS_VIEW.split(" as\n", 1)[1] + ") as e left join requests as r on r.request_id = e.request_id"
+)
+"""m005's events, plus what a Responses event carries: its `sequence_number`, and the response it
+belongs to (its own `response` object's id, else the exchange's). Read from the data when queried,
+so nothing is done per event when it is written."""
+
+
+@migration
+def m006_responses(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue #14: the Responses API recorded as deeply as Assistants runs (protocol-responses.md
+    # section 11, option C): each response and item as the server reported it; a turn is a run.
+    _run(
+        con,
+        "alter table runs add column api varchar default 'assistants'",
+        "comment on column runs.api is"
+        " 'Which API the run is of: assistants (a run), responses or chat (a turn: one user request and every"
+        " response until the final answer).'",
+        "alter table requests add column response_id varchar",
+        "comment on column requests.response_id is 'The Responses API response the exchange created or touched.'",
+        """
+        create table responses (
+            response_id varchar primary key,
+            run_id varchar,
+            previous_response_id varchar,
+            conversation_id varchar,
+            model varchar,
+            status varchar,
+            background boolean,
+            store boolean,
+            service_tier varchar,
+            key_id varchar,
+            created_at timestamptz,
+            ended_at timestamptz,
+            input_tokens bigint,
+            cached_tokens bigint,
+            cache_write_tokens bigint,
+            output_tokens bigint,
+            reasoning_tokens bigint,
+            total_tokens bigint,
+            incomplete_reason varchar,
+            error_code varchar,
+            error_message varchar,
+            max_output_tokens bigint,
+            trace_id varchar,
+            request_id varchar,
+            first_seen_at timestamptz,
+            last_seen_at timestamptz
+        )
+        """,
+        "comment on table responses is 'One row per Responses API response (resp_...), as the server reported it.'",
+        "comment on column responses.run_id is 'The turn (runs.run_id, api = responses) the response belongs to.'",
+        "comment on column responses.status is"
+        " 'From the response object (queued, in_progress, completed, incomplete, failed, cancelled);"
+        " truncated when its stream ended before a terminal event.'",
+        "comment on column responses.created_at is 'The response object''s created_at (upstream data).'",
+        "comment on column responses.ended_at is"
+        " 'The response object''s completed_at, else when runtap saw its terminal status.'",
+        "comment on column responses.input_tokens is 'usage.input_tokens, exactly as billed (cached included).'",
+        "comment on column responses.cached_tokens is 'usage.input_tokens_details.cached_tokens.'",
+        "comment on column responses.reasoning_tokens is 'usage.output_tokens_details.reasoning_tokens.'",
+        "comment on column responses.max_output_tokens is 'The request''s max_output_tokens.'",
+        "comment on column responses.request_id is 'The exchange that created the response.'",
+        "comment on column responses.first_seen_at is 'When runtap first saw the response (its own clock).'",
+        "comment on column responses.last_seen_at is 'When runtap last saw it change.'",
+        """
+        create table response_items (
+            item_id varchar primary key,
+            response_id varchar,
+            source varchar,
+            output_index integer,
+            type varchar,
+            status varchar,
+            role varchar,
+            call_id varchar,
+            name varchar,
+            arguments varchar,
+            output varchar,
+            text varchar,
+            added_at timestamptz,
+            done_at timestamptz
+        )
+        """,
+        "comment on table response_items is"
+        " 'One row per output item of a response, and per tool-result item (function_call_output, ...) a request"
+        " sent.'",
+        "comment on column response_items.source is"
+        " 'output (the response made it) or input (the request carried it: a tool result).'",
+        "comment on column response_items.item_id is"
+        " 'The item''s id; for an input item without one, <response_id>/input/<its index in the input>.'",
+        "comment on column response_items.type is 'The item type (message, function_call, reasoning, ...), as sent.'",
+        "comment on column response_items.text is 'A message''s text (its output_text parts joined).'",
+        "comment on column response_items.added_at is 'When runtap saw the item begin (its own clock).'",
+        "comment on column response_items.done_at is 'When runtap saw the item complete.'",
+        EVENTS_VIEW_RESPONSES,
+        "comment on view events is 'One row per SSE event of a streamed response, the terminal done event"
+        " included.'",
+        "comment on column events.seq is 'Position of the event in its response, from 0.'",
+        "comment on column events.data is"
+        " 'The data field exactly as received: JSON for run objects, [DONE] for the end.'",
+        "comment on column events.raw is 'The undecoded frame bytes, only for malformed frames.'",
+        "comment on column events.request_id is 'The exchange the event arrived in (requests.request_id).'",
+        "comment on column events.event is"
+        " 'The SSE event name (thread.run.created, response.created, ..., done); NULL if the frame had none.'",
+        "comment on column events.received_at is 'When runtap relayed the event.'",
+        "comment on column events.run_id is 'The run (or turn) the exchange belongs to.'",
+        "comment on column events.sequence_number is 'A Responses event''s sequence_number, from its data.'",
+        "comment on column events.response_id is 'The Responses API response the event belongs to.'",
+    )
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -864,7 +981,8 @@ def schema_markdown(con: duckdb.DuckDBPyConnection | None = None) -> str:
 
 # The order a reader meets the tables in (a rebuilt table, like m004's events, has a newer oid).
 _DOC_ORDER = {name: i for i, name in enumerate(
-    ("requests", "event_rows", "response_streams", "runs", "run_steps", "tool_calls", "messages"))}
+    ("requests", "event_rows", "response_streams", "runs", "run_steps", "tool_calls", "messages", "responses",
+     "response_items"))}
 
 
 def _public(con: duckdb.DuckDBPyConnection, catalog: str) -> list[tuple[str, str | None]]:

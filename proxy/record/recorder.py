@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..exchange import Exchange, RunEvent, StreamBytes
 from ..observers import Observer
-from ..runs import MessageState, RunState, RunStore, State, StepState, ToolCallState
+from ..runs import RECORDED, RunStore, State
 
 
 class RowSink(Protocol):
@@ -30,37 +30,20 @@ class RowSink(Protocol):
         """A stream's bytes, made rows off the loop (record/streams.py)."""
 
 
-_RUN_COLUMNS = (
-    "run_id", "thread_id", "assistant_id", "model", "status", "key_id", "created_at", "started_at",
-    "ended_at", "expires_at", "prompt_tokens", "completion_tokens", "total_tokens", "last_error_code",
-    "last_error_message", "incomplete_reason", "tool_rounds", "trace_id", "max_prompt_tokens",
-    "max_completion_tokens", "request_count", "first_seen_at", "last_seen_at",
-)
-_STEP_COLUMNS = (
-    "step_id", "run_id", "thread_id", "type", "status", "created_at", "ended_at", "prompt_tokens",
-    "completion_tokens", "total_tokens", "last_error_code", "last_error_message", "message_id",
-    "first_seen_at", "last_seen_at",
-)
-_CALL_COLUMNS = (
-    "tool_call_id", "step_id", "run_id", "type", "name", "arguments", "output", "requested_at",
-    "submitted_at", "call_index",
-)
-_MESSAGE_COLUMNS = (
-    "message_id", "thread_id", "run_id", "assistant_id", "role", "status", "text", "created_at",
-    "completed_at", "incomplete_reason",
-)
 # record_content = false blanks these (contract §6); ids, statuses, timings and usage stay.
 _CONTENT = frozenset({"arguments", "output", "text", "request_body", "response_body", "data", "raw"})
-_TABLES: dict[type, tuple[str, tuple[str, ...]]] = {
-    RunState: ("runs", _RUN_COLUMNS),
-    StepState: ("run_steps", _STEP_COLUMNS),
-    ToolCallState: ("tool_calls", _CALL_COLUMNS),
-    MessageState: ("messages", _MESSAGE_COLUMNS),
-}
-# One C call per snapshot for all its columns (a getattr per column was 2% of the loop's CPU).
-_GETTERS: dict[type, tuple[str, tuple[str, ...], attrgetter[Any]]] = {
-    kind: (table, columns, attrgetter(*columns)) for kind, (table, columns) in _TABLES.items()
-}
+
+
+def _getter(kind: type) -> tuple[str, tuple[str, ...], attrgetter[Any]]:
+    # One C call per snapshot for all its columns (a getattr per column was 2% of the loop's CPU).
+    getter = _GETTERS.get(kind)
+    if getter is None:
+        table, columns = RECORDED[kind]
+        getter = _GETTERS[kind] = (table, columns, attrgetter(*columns))
+    return getter
+
+
+_GETTERS: dict[type, tuple[str, tuple[str, ...], attrgetter[Any]]] = {}
 
 
 def _text(body: bytes | None) -> str | None:
@@ -85,7 +68,7 @@ class Recorder(Observer):
         self._sink.submit(table, row)
 
     def _submit_state(self, state: State) -> None:
-        table, columns, values = _GETTERS[type(state)]
+        table, columns, values = _getter(type(state))
         self._submit(table, dict(zip(columns, values(state), strict=True)))
 
     def exchange_started(self, ex: Exchange) -> None:
@@ -124,7 +107,7 @@ class Recorder(Observer):
             "request_id": ex.request_id, "status": ex.status, "upstream_request_id": ex.upstream_request_id,
             "streamed": ex.streamed, "ttfb_ms": ex.ttfb_ms, "duration_ms": ex.duration_ms,
             "outcome": ex.outcome.value if ex.outcome else None, "error": ex.error,
-            "thread_id": ex.thread_id, "run_id": ex.run_id, "trace_id": ex.trace_id,
+            "thread_id": ex.thread_id, "run_id": ex.run_id, "trace_id": ex.trace_id, "response_id": ex.response_id,
             "response_body": _text(ex.response_body), "response_bytes": ex.response_bytes,
             "content_type": ex.content_type, "event_count": ex.event_count,
         })

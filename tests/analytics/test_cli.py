@@ -218,7 +218,7 @@ async def test_export_writes_every_table_as_parquet_that_reads_back_the_same(cli
     ran = await cli("export", "--format", "parquet", str(out), "--db", str(sample_db))
     assert ran.code == 0, ran.err
     tables = ["requests", "events", "event_rows", "response_streams", "runs", "run_steps", "tool_calls", "messages",
-              "prices", "budget_charges", "budget_limits"]
+              "prices", "budget_charges", "budget_limits", "responses", "response_items"]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{t}.parquet" for t in tables)
     assert_round_trip(sample_db, out, tables)
     lines = ran.out.splitlines()
@@ -265,7 +265,7 @@ async def test_export_through_a_live_proxy_gives_the_same_rows(cli, live, admin,
     assert ran.code == 0, ran.err
     await proxy.close()
     tables = ["requests", "events", "event_rows", "response_streams", "runs", "run_steps", "tool_calls", "messages",
-              "prices", "budget_charges", "budget_limits"]
+              "prices", "budget_charges", "budget_limits", "responses", "response_items"]
     assert_round_trip(live, tmp_path / "live", tables)
 
 

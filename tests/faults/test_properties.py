@@ -23,9 +23,10 @@ from proxy.apis import classify
 from proxy.apis.assistants.runs import RUN_TERMINAL, RunTracker, Seen
 from proxy.exchange import Exchange, Outcome, StreamBytes
 from proxy.observers import Observers
-from proxy.record.recorder import _CALL_COLUMNS, _MESSAGE_COLUMNS, _RUN_COLUMNS, _STEP_COLUMNS, Recorder
+from proxy.record.recorder import Recorder
 from proxy.record.streams import _framed_rows
 from proxy.record.writer import EVENT_COLUMNS
+from proxy.runs import _CALL_COLUMNS, _MESSAGE_COLUMNS, _RUN_COLUMNS, _STEP_COLUMNS
 from proxy.sse import SseDecoder, SseEvent
 from proxy.tap import Tap
 from proxy.testing.engine import Engine

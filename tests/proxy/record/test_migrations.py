@@ -13,7 +13,7 @@ from proxy.record import migrations
 from proxy.record.migrations import MIGRATIONS, TABLES, migrate, schema_markdown, table_specs
 
 PUBLIC_TABLES = {"requests", "event_rows", "response_streams", "runs", "run_steps", "tool_calls", "messages",
-                 "prices", "budget_charges", "budget_limits"}
+                 "prices", "budget_charges", "budget_limits", "responses", "response_items"}
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -94,7 +94,7 @@ def test_columns_are_the_contract() -> None:
             "request_id", "started_at", "method", "path", "query", "route", "status", "key_id",
             "upstream_request_id", "streamed", "ttfb_ms", "duration_ms", "outcome", "error",
             "thread_id", "run_id", "trace_id", "request_body", "response_body", "request_bytes",
-            "response_bytes", "content_type", "event_count",
+            "response_bytes", "content_type", "event_count", "response_id",
         ),
         "events": ("request_id", "seq", "event", "data", "received_at", "run_id", "raw"),
         "event_rows": ("request_id", "seq", "event", "data", "received_at", "run_id", "raw"),
@@ -104,7 +104,7 @@ def test_columns_are_the_contract() -> None:
             "started_at", "ended_at", "expires_at", "prompt_tokens", "completion_tokens",
             "total_tokens", "last_error_code", "last_error_message", "incomplete_reason",
             "tool_rounds", "trace_id", "max_prompt_tokens", "max_completion_tokens",
-            "request_count", "first_seen_at", "last_seen_at",
+            "request_count", "first_seen_at", "last_seen_at", "api",
         ),
         "run_steps": (
             "step_id", "run_id", "thread_id", "type", "status", "created_at", "ended_at",
@@ -128,6 +128,17 @@ def test_columns_are_the_contract() -> None:
             "key_id", "budget", "key_alias", "unit", "window_s", "limit_value", "position", "clamp",
             "cancel_on_exhaustion",
         ),
+        "responses": (
+            "response_id", "run_id", "previous_response_id", "conversation_id", "model", "status", "background",
+            "store", "service_tier", "key_id", "created_at", "ended_at", "input_tokens", "cached_tokens",
+            "cache_write_tokens", "output_tokens", "reasoning_tokens", "total_tokens", "incomplete_reason",
+            "error_code", "error_message", "max_output_tokens", "trace_id", "request_id", "first_seen_at",
+            "last_seen_at",
+        ),
+        "response_items": (
+            "item_id", "response_id", "source", "output_index", "type", "status", "role", "call_id", "name",
+            "arguments", "output", "text", "added_at", "done_at",
+        ),
     }  # fmt: skip
 
 
@@ -144,6 +155,8 @@ def test_keys_modes_and_types() -> None:
         "prices": ("upsert", ("model",)),
         "budget_charges": ("upsert", ("charge_id",)),
         "budget_limits": ("upsert", ("key_id", "budget")),
+        "responses": ("upsert", ("response_id",)),
+        "response_items": ("upsert", ("item_id",)),
     }
     for spec in TABLES.values():
         for column, data_type in spec.types.items():
@@ -226,7 +239,8 @@ def test_m004_rebuilds_events_without_its_key_keeping_rows_and_comments(
     assert keyed == [(1,)]
     assert con.execute("select count(*) from duckdb_constraints() where table_name = 'event_rows'"
                        " and constraint_type = 'PRIMARY KEY'").fetchall() == [(0,)]
-    assert con.execute("select * from events order by seq").fetchall() == rows  # m005: the view over it
+    base = "select request_id, seq, event, data, received_at, run_id, raw from events order by seq"
+    assert con.execute(base).fetchall() == rows  # m005: the view over it (m006 adds columns after these)
     assert con.execute("select column_name, comment from duckdb_columns() where table_name = 'event_rows'"
                        " order by column_index").fetchall() == comments
     assert table_specs(con)["events"].key == ("request_id", "seq")  # still the dedup key of a replay

@@ -1,0 +1,358 @@
+"""The Responses stitcher: response objects and stream events folded into responses, items and turns.
+
+Sans-io, beside the run model (proxy/runs.py), whose store holds it (`RunStore.extensions`). What
+it folds is always a snapshot (a Response object, a whole item), so a repeated event (a resumed
+stream's replay, a poll after the stream) changes nothing twice: no dedup on sequence numbers is
+needed for the values, only for the rows, and those are keyed by id.
+
+Turns (protocol-responses.md §11): a request whose new input is only tool results (function call
+outputs and the like; for a stateless client, what follows the last of them: the user messages
+before it are its replayed history) continues the turn of the response that asked for them, found by
+`previous_response_id`, else by a `call_id` runtap saw asked for; any other request starts a turn,
+whose id is its first response's. A turn is a `RunState` with `api = "responses"`: its usage the sum
+of its responses', `tool_rounds` its client tool round trips, each function call a `ToolCallState`
+(`requested_at` when the asking response ended, `submitted_at` when the output arrived).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ...runs import RUN_TERMINAL, RunState, RunStore, Seen, State, ToolCallState
+from .states import RESPONSE_TERMINAL, ResponseItemState, ResponseState
+
+
+@dataclass(slots=True)
+class Request:
+    """What a create request said, kept until its response appears."""
+
+    previous_response_id: str | None
+    conversation_id: str | None
+    results: list[tuple[int, dict[str, Any]]]
+    """Tool-result input items, with their index in the input."""
+    new_turn: bool
+    max_output_tokens: int | None
+    background: bool | None
+    store: bool | None
+    at: datetime
+
+
+@dataclass(slots=True)
+class Turn:
+    run: RunState
+    responses: dict[str, ResponseState] = field(default_factory=dict)
+
+
+class ResponseTracker:
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+        self.responses: OrderedDict[str, ResponseState] = OrderedDict()
+        self._turns: dict[str, Turn] = {}
+        self._calls: dict[str, str] = {}  # call_id (and function_call item id) -> turn id
+        self._requests: dict[str, Request] = {}  # request_id -> its create request, until answered
+
+    # -- requests ----------------------------------------------------------------------------
+    def request(self, request_id: str, body: dict[str, Any], at: datetime) -> None:
+        """A create request the upstream accepted: its links, and the tool results it carries."""
+        items = body.get("input")
+        results: list[tuple[int, dict[str, Any]]] = []
+        user_input = not isinstance(items, list)  # a plain string input is a user message
+        for index, item in enumerate(items if isinstance(items, list) else ()):
+            if not isinstance(item, dict):
+                continue
+            kind = item.get("type")
+            if isinstance(kind, str) and (kind.endswith("_output") or kind == "mcp_approval_response"):
+                results.append((index, item))
+                user_input = False  # what came before is history a stateless client replays (§11)
+            elif item.get("role") == "user" and item.get("content"):
+                user_input = True  # an empty user message between a call and its output is no input (§7)
+        conversation = body.get("conversation")
+        if isinstance(conversation, dict):
+            conversation = conversation.get("id")
+        previous = body.get("previous_response_id")
+        self._requests[request_id] = Request(
+            previous if isinstance(previous, str) else None, conversation if isinstance(conversation, str) else None,
+            results, user_input or not results, _int(body.get("max_output_tokens")),
+            body.get("background") if isinstance(body.get("background"), bool) else None,
+            body.get("store") if isinstance(body.get("store"), bool) else None, at)
+
+    # -- objects -----------------------------------------------------------------------------
+    def response(self, obj: dict[str, Any], request_id: str, seen: Seen) -> list[State]:
+        """A Response object (an event's `response`, a JSON body, a poll): the states it changed."""
+        response_id = obj.get("id")
+        if not isinstance(response_id, str):
+            return []
+        changed: list[State] = []
+        state = self.responses.get(response_id)
+        if state is None:
+            state = self._new_response(response_id, request_id, seen, changed)
+        else:
+            self.responses.move_to_end(response_id)
+        was_terminal = state.status in RESPONSE_TERMINAL
+        _merge(state, obj, seen)
+        for index, item in enumerate(obj.get("output") or ()):
+            if isinstance(item, dict):
+                changed.append(self._item(state, index, item, seen, done=True))
+        if state.status in RESPONSE_TERMINAL and not was_terminal:
+            if state.ended_at is None:
+                state.ended_at = seen.at
+            state.delta_frames = []
+            changed += self._ended(state, seen)
+        changed.append(state)
+        changed += self._turn_changed(state, seen)
+        return changed
+
+    def item(self, response_id: str | None, output_index: Any, item: Any, seen: Seen, *, done: bool) -> list[State]:
+        """An `output_item.added` / `.done` event's item."""
+        state = self.responses.get(response_id) if response_id else None
+        if state is None or not isinstance(item, dict) or not isinstance(output_index, int):
+            return []
+        return [self._item(state, output_index, item, seen, done=done)]
+
+    def failed_in_band(self, response_id: str | None, error: dict[str, Any]) -> list[State]:
+        """An `error` event: the details the `response.failed` after it may not bring (§6)."""
+        state = self.responses.get(response_id) if response_id else None
+        if state is None:
+            return []
+        nested = error.get("error")
+        details = nested if isinstance(nested, dict) else error
+        state.error_code = _str(details.get("code")) or state.error_code
+        state.error_message = _str(details.get("message")) or state.error_message
+        return [state]
+
+    def deltas(self, response_id: str | None, frames: bytes) -> None:
+        state = self.responses.get(response_id) if response_id else None
+        if state is not None and state.status not in RESPONSE_TERMINAL:
+            state.delta_frames.append(frames)
+
+    def cut_off(self, response_id: str | None, seen: Seen) -> list[State]:
+        """The stream of a response ended before its terminal event: `truncated`, with what its
+        items said so far. A background response goes on upstream (a poll may still end it)."""
+        state = self.responses.get(response_id) if response_id else None
+        if state is None or state.status in RESPONSE_TERMINAL or state.status == "truncated" or state.background:
+            return []
+        changed: list[State] = []
+        for item in _partial_items(state):
+            changed.append(item)
+        state.status, state.ended_at, state.last_seen_at = "truncated", seen.at, seen.at
+        state.delta_frames = []
+        changed.append(state)
+        changed += self._turn_changed(state, seen)
+        return changed
+
+    # -- internals ---------------------------------------------------------------------------
+    def _new_response(self, response_id: str, request_id: str, seen: Seen, changed: list[State]) -> ResponseState:
+        state = self.responses[response_id] = ResponseState(response_id, key_id=seen.key_id, trace_id=seen.trace_id,
+                                                            first_seen_at=seen.at)
+        while len(self.responses) > self._store.max_runs:
+            self._forget(self.responses.popitem(last=False)[1])
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return state  # first seen by a poll (a restart, another proxy): no turn to stitch
+        state.request_id = request_id
+        state.max_output_tokens = request.max_output_tokens
+        state.background, state.store = request.background, request.store
+        turn = None if request.new_turn else self._continued(request)
+        if turn is None:
+            turn = self._turns[response_id] = Turn(RunState(response_id, api="responses", key_id=seen.key_id,
+                                                            trace_id=seen.trace_id, first_seen_at=seen.at))
+        else:
+            turn.run.tool_rounds += 1
+        turn.responses[response_id] = state
+        state.run_id = turn.run.run_id
+        for index, item in request.results:
+            changed += self._result(state, turn, index, item, request.at)
+        return state
+
+    def _continued(self, request: Request) -> Turn | None:
+        previous = self.responses.get(request.previous_response_id) if request.previous_response_id else None
+        if previous is not None and previous.run_id in self._turns:
+            return self._turns[previous.run_id]
+        for _, item in request.results:
+            call_id = item.get("call_id")
+            turn_id = self._calls.get(call_id) if isinstance(call_id, str) else None
+            if turn_id in self._turns:
+                return self._turns[turn_id]
+        return None
+
+    def _result(self, state: ResponseState, turn: Turn, index: int, item: dict[str, Any], at: datetime) -> list[State]:
+        call_id = _str(item.get("call_id")) or _str(item.get("approval_request_id"))
+        item_id = _str(item.get("id")) or f"{state.response_id}/input/{index}"
+        output = item.get("output")
+        text = output if isinstance(output, str) or output is None else orjson.dumps(output).decode()
+        row = ResponseItemState(item_id, state.response_id, "input", None, _str(item.get("type")),
+                                _str(item.get("status")), call_id=call_id, output=text, added_at=at, done_at=at)
+        changed: list[State] = [row]
+        call = turn.run.tool_calls.get(call_id) if call_id else None
+        if call is not None:
+            call.output, call.submitted_at = text, call.submitted_at or at
+            changed.append(call)
+        return changed
+
+    def _item(self, state: ResponseState, index: int, item: dict[str, Any], seen: Seen, *,
+              done: bool) -> ResponseItemState:
+        item_id = _str(item.get("id")) or f"{state.response_id}/output/{index}"
+        row = state.items.get(index)
+        if row is None or row.item_id != item_id:
+            row = state.items[index] = ResponseItemState(item_id, state.response_id, "output", index, added_at=seen.at)
+        row.type = _str(item.get("type")) or row.type
+        row.status = _str(item.get("status")) or row.status
+        row.role = _str(item.get("role")) or row.role
+        row.call_id = _str(item.get("call_id")) or row.call_id
+        row.name = _str(item.get("name")) or row.name
+        if isinstance(item.get("arguments"), str) and (done or item["arguments"]):
+            row.arguments = item["arguments"]
+        text = _message_text(item.get("content"))
+        if text or (done and row.text is None and row.type == "message"):
+            row.text = text
+        if done and row.done_at is None:
+            row.done_at = seen.at
+        if row.type == "function_call" and row.call_id and row.call_id not in state.calls and done:
+            state.calls.append(row.call_id)
+        return row
+
+    def _ended(self, state: ResponseState, seen: Seen) -> list[State]:
+        """The response ended: its function calls are asked for now (the client runs them next)."""
+        turn = self._turns.get(state.run_id) if state.run_id else None
+        if turn is None:
+            return []
+        changed: list[State] = []
+        for row in state.items.values():
+            if row.type != "function_call" or not row.call_id:
+                continue
+            call = turn.run.tool_calls.get(row.call_id)
+            if call is None:
+                call = turn.run.tool_calls[row.call_id] = ToolCallState(row.call_id, turn.run.run_id, type="function")
+            call.name, call.arguments = row.name, row.arguments
+            call.requested_at = call.requested_at or seen.at
+            call.call_index = row.output_index
+            call.step_id = state.response_id
+            self._calls[row.call_id] = self._calls[row.item_id] = turn.run.run_id
+            changed.append(call)
+        return changed
+
+    def _turn_changed(self, state: ResponseState, seen: Seen) -> list[State]:
+        turn = self._turns.get(state.run_id) if state.run_id else None
+        if turn is None:
+            return []
+        run = turn.run
+        run.model = state.model or run.model
+        run.last_seen_at = seen.at
+        first = next(iter(turn.responses.values()))
+        run.created_at = first.created_at
+        run.started_at = run.started_at or first.created_at
+        for name, field_name in (("prompt_tokens", "input_tokens"), ("completion_tokens", "output_tokens"),
+                                 ("total_tokens", "total_tokens")):
+            values = [getattr(r, field_name) for r in turn.responses.values() if getattr(r, field_name) is not None]
+            setattr(run, name, sum(values) if values else None)
+        status = state.status
+        if status == "completed" and any(call not in self._answered(turn) for call in state.calls):
+            status = "requires_action"  # the client runs its tools next (§7): the turn goes on
+        run.status = status
+        run.incomplete_reason = state.incomplete_reason
+        run.last_error_code, run.last_error_message = state.error_code, state.error_message
+        run.ended_at = state.ended_at if status in RUN_TERMINAL or status == "truncated" else None
+        self._store.adopt(run)
+        return [run]
+
+    def _answered(self, turn: Turn) -> set[str]:
+        return {call_id for call_id, call in turn.run.tool_calls.items() if call.submitted_at is not None}
+
+    def _forget(self, state: ResponseState) -> None:
+        turn = self._turns.get(state.run_id) if state.run_id else None
+        if turn is not None:
+            turn.responses.pop(state.response_id, None)
+            if not turn.responses:
+                self._turns.pop(turn.run.run_id, None)
+                for call_id in turn.run.tool_calls:
+                    self._calls.pop(call_id, None)
+
+
+def _merge(state: ResponseState, obj: dict[str, Any], seen: Seen) -> None:
+    state.last_seen_at = seen.at
+    state.status = _str(obj.get("status")) or state.status
+    state.model = _str(obj.get("model")) or state.model
+    state.previous_response_id = _str(obj.get("previous_response_id")) or state.previous_response_id
+    conversation = obj.get("conversation")
+    state.conversation_id = _str(conversation.get("id") if isinstance(conversation, dict) else conversation) \
+        or state.conversation_id
+    if isinstance(obj.get("background"), bool):
+        state.background = obj["background"]
+    if isinstance(obj.get("store"), bool):
+        state.store = obj["store"]
+    state.service_tier = _str(obj.get("service_tier")) or state.service_tier  # the terminal one wins (§4)
+    state.created_at = _ts(obj.get("created_at")) or state.created_at
+    state.ended_at = _ts(obj.get("completed_at")) or state.ended_at
+    state.max_output_tokens = _int(obj.get("max_output_tokens")) or state.max_output_tokens
+    details = obj.get("incomplete_details")
+    if isinstance(details, dict):
+        state.incomplete_reason = _str(details.get("reason")) or state.incomplete_reason
+    error = obj.get("error")
+    if isinstance(error, dict):
+        state.error_code = _str(error.get("code")) or state.error_code
+        state.error_message = _str(error.get("message")) or state.error_message
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        state.input_tokens, state.output_tokens = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
+        state.total_tokens = _int(usage.get("total_tokens"))
+        input_details, output_details = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+        if isinstance(input_details, dict):
+            state.cached_tokens = _int(input_details.get("cached_tokens"))
+            state.cache_write_tokens = _int(input_details.get("cache_write_tokens"))
+        if isinstance(output_details, dict):
+            state.reasoning_tokens = _int(output_details.get("reasoning_tokens"))
+
+
+_PARTIAL = frozenset({"response.output_text.delta", "response.function_call_arguments.delta"})
+
+
+def _partial_items(state: ResponseState) -> list[ResponseItemState]:
+    """Items not done when the stream broke off, with the text and arguments their deltas gave."""
+    pieces: dict[str, list[str]] = {}
+    for frames in state.delta_frames:
+        for line in frames.split(b"\n"):
+            if not line.startswith(b"data: "):
+                continue
+            try:
+                obj = orjson.loads(line[6:])
+            except orjson.JSONDecodeError:
+                continue
+            if (isinstance(obj, dict) and obj.get("type") in _PARTIAL and isinstance(obj.get("item_id"), str)
+                    and isinstance(obj.get("delta"), str)):
+                pieces.setdefault(obj["item_id"], []).append(obj["delta"])
+    open_items = [row for row in state.items.values() if row.done_at is None]
+    for row in open_items:
+        joined = "".join(pieces.get(row.item_id, ()))
+        if row.type == "function_call":
+            row.arguments = joined
+        elif row.type == "message":
+            row.text = joined
+        row.status = "incomplete"
+    return open_items
+
+
+def _message_text(content: Any) -> str | None:
+    if not isinstance(content, list):
+        return None
+    parts = [part["text"] for part in content
+             if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str)]
+    return "".join(parts) if parts else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def _ts(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return datetime.fromtimestamp(value, UTC)

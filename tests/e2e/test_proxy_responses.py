@@ -1,0 +1,134 @@
+"""The real openai SDK's Responses API through the proxy: bytes exact, responses, items and turns recorded."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from proxy.testing.faults import Fault
+from proxy.testing.responses_scripts import Message, Reasoning, ResponseScript
+from tests.conftest import KEY_ID, sha256
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+async def test_a_stream_is_byte_exact_and_recorded_as_a_response_its_items_and_a_turn(fake, client, recorded):
+    fake.enqueue_response(ResponseScript.of(Reasoning(("Weighing it.",), reasoning_tokens=40), Message("Über café."),
+                                            input_tokens=120, cached_tokens=64, cache_write_tokens=8))
+    async with client.responses.stream(model="o4-mini", input="Wo?", reasoning={"summary": "auto"}) as s:
+        names = [e.type async for e in s]
+        final = await s.get_final_response()
+    assert final.output_text == "Über café." and final.usage is not None
+    [sent] = fake.responses
+    q = await recorded()
+    [row] = q("select response_id, run_id, status, model, input_tokens, cached_tokens, cache_write_tokens,"
+              " output_tokens, reasoning_tokens, total_tokens, key_id, background from responses")
+    usage = final.usage
+    assert row == (final.id, final.id, "completed", final.model, 120, 64, 8, usage.output_tokens, 40,
+                   usage.total_tokens, KEY_ID, False)
+    items = q("select output_index, type, status, text, source from response_items order by output_index")
+    assert items == [(0, "reasoning", None, None, "output"), (1, "message", "completed", "Über café.", "output")]
+    [run] = q("select run_id, api, status, prompt_tokens, completion_tokens, total_tokens, tool_rounds from runs")
+    assert run == (final.id, "responses", "completed", 120, usage.output_tokens, usage.total_tokens, 0)
+    [(outcome, response_id, request_run)] = q("select outcome, response_id, run_id from requests")
+    assert (outcome, response_id, request_run) == ("completed", final.id, final.id)
+    events = q("select seq, event, data, sequence_number, response_id from events order by seq")
+    assert [e[1] for e in events] == names == sent.events
+    assert [e[3] for e in events] == list(range(len(events)))  # sequence_number from the data, no [DONE] row
+    assert {e[4] for e in events} == {final.id}
+    wire = "".join(f"event: {name}\ndata: {data}\n\n" for _, name, data, _, _ in events).encode()
+    assert sha256(wire) == sha256(b"".join(sent.writes))
+
+
+async def test_a_function_tool_loop_by_previous_response_id_is_one_turn_with_its_tool_time(fake, client, recorded):
+    fake.enqueue_response(ResponseScript.function_call("get_weather", {"city": "Springfield"}, input_tokens=50))
+    fake.enqueue_response(ResponseScript.text("It is 18 degrees.", input_tokens=80))
+    first = await client.responses.create(model="gpt-4o", input="Forecast?", tools=[WEATHER])
+    [call] = first.output
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees"}  # type: ignore[union-attr]
+    async with client.responses.stream(model="gpt-4o", previous_response_id=first.id, input=[output],
+                                       tools=[WEATHER]) as s:
+        second = await s.get_final_response()
+    q = await recorded()
+    assert q("select response_id, run_id, previous_response_id, status from responses order by first_seen_at") == [
+        (first.id, first.id, None, "completed"), (second.id, first.id, first.id, "completed")]
+    [run] = q("select run_id, api, status, tool_rounds, prompt_tokens, completion_tokens from runs")
+    assert first.usage is not None and second.usage is not None
+    completion = first.usage.output_tokens + second.usage.output_tokens
+    assert run == (first.id, "responses", "completed", 1, 50 + 80, completion)
+    [tool] = q("select tool_call_id, run_id, type, name, arguments, output, requested_at, submitted_at from tool_calls")
+    assert tool[:6] == (call.call_id, first.id, "function", "get_weather", call.arguments, "18 degrees")  # type: ignore[union-attr]
+    assert tool[6] <= tool[7]  # the client's tool time runs from the asking response's end to the output's arrival
+    [(started,)] = q("select started_at from requests where response_id = ?", second.id)
+    assert tool[7] == started
+    inputs = q("select item_id, response_id, type, call_id, output from response_items where source = 'input'")
+    assert inputs == [(f"{second.id}/input/0", second.id, "function_call_output", call.call_id, "18 degrees")]  # type: ignore[union-attr]
+    [(arguments,)] = q("select arguments from response_items where type = 'function_call'")
+    assert json.loads(arguments) == {"city": "Springfield"}
+
+
+async def test_a_stateless_tool_loop_continues_its_turn_by_call_id(fake, client, recorded):
+    fake.enqueue_response(ResponseScript.function_call("get_weather", {"city": "Paris"}))
+    fake.enqueue_response(ResponseScript.text("Sunny."))
+    first = await client.responses.create(model="gpt-4o", input="Weather?", tools=[WEATHER], store=False)
+    [call] = first.output
+    history = [{"role": "user", "content": "Weather?"}, call.model_dump(exclude_none=True),
+               {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}]  # type: ignore[union-attr]
+    await client.responses.create(model="gpt-4o", input=history, tools=[WEATHER], store=False)
+    await client.responses.create(model="gpt-4o", input="And now something else")  # a new user request
+    q = await recorded()
+    assert q("select api, tool_rounds, status from runs order by first_seen_at") == [
+        ("responses", 1, "completed"), ("responses", 0, "completed")]
+    assert q("select count(distinct run_id) from responses") == [(2,)]
+
+
+async def test_background_polls_update_the_response_and_its_turn(fake, client, recorded):
+    created = await client.responses.create(model="gpt-4o", input="Long task", background=True)
+    statuses = [(await client.responses.retrieve(created.id)).status for _ in range(2)]
+    assert statuses == ["in_progress", "completed"]
+    q = await recorded()
+    [row] = q("select status, background, output_tokens is not null from responses")
+    assert row == ("completed", True, True)
+    assert q("select status from runs") == [("completed",)]
+    assert q("select count(*) from requests where response_id = ?", created.id) == [(3,)]
+
+
+async def test_a_stream_cut_before_its_terminal_event_is_truncated_with_its_partial_text(fake, client, recorded):
+    fake.enqueue_response(ResponseScript.text("one two three four five six"))
+    fake.fault(Fault(path="/responses", clean_eof_after_events=8))
+    stream = await client.responses.create(model="gpt-4o", input="Count", stream=True)
+    seen = [e async for e in stream]
+    assert seen[-1].type == "response.output_text.delta"
+    q = await recorded()
+    assert q("select status from responses") == [("truncated",)]
+    [(item_status, text)] = q("select status, text from response_items")
+    partial = "".join(e.delta for e in seen if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+    assert (item_status, text) == ("incomplete", partial) and partial
+    [(outcome, error)] = q("select outcome, error from requests")
+    assert outcome == "truncated" and "terminal event" in error
+    assert q("select status from runs") == [("truncated",)]
+
+
+async def test_an_in_band_error_then_failed_records_the_failure(fake, client, recorded):
+    fake.enqueue_response(ResponseScript.failed("server_error", "Something went wrong.", partial_text="Let me"))
+    stream = await client.responses.create(model="gpt-4o", input="x", stream=True)
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+    await stream.close()
+    q = await recorded()
+    [row] = q("select status, error_code, error_message from responses")
+    # The SDK raises at the error frame and closes; runtap reads on, so response.failed is recorded.
+    assert row == ("failed", "server_error", "Something went wrong.")
+    assert q("select status, last_error_code from runs") == [("failed", "server_error")]
+
+
+async def test_azure_v1_paths_are_recorded_as_responses(fake, azure_client, recorded):
+    response = await azure_client.responses.create(model="my-deployment", input="hi")
+    q = await recorded()
+    assert q("select response_id, status from responses") == [(response.id, "completed")]
+    [(route,)] = q("select route from requests")
+    assert route.endswith("/responses")

@@ -1,0 +1,81 @@
+"""The Responses API through the tap: which frames are parsed, and what a stream's end means."""
+
+from datetime import UTC, datetime
+
+import orjson
+
+from proxy.apis import classify
+from proxy.apis.responses import API
+from proxy.apis.responses.api import DELTA_EVENTS, tracker
+from proxy.apis.responses.states import ResponseItemState, ResponseState
+from proxy.exchange import Exchange, Outcome
+from proxy.observers import Observers
+from proxy.runs import RunStore, Seen
+from proxy.tap import Tap
+from proxy.testing.replay import Capture
+
+RESPONSE = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "gpt-4o", "output": [],
+            "usage": None, "created_at": 1_796_000_000}
+ITEM = {"id": "msg_1", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+
+
+def frame(data: dict) -> bytes:
+    return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def delta(seq: int, text: str) -> bytes:
+    return frame({"type": "response.output_text.delta", "sequence_number": seq, "item_id": "msg_1",
+                  "output_index": 0, "content_index": 0, "delta": text})
+
+
+def _tap(store: RunStore, capture: Capture) -> Tap:
+    ex = Exchange(classify("POST", "/v1/responses"), "POST", "/v1/responses", "", "sha256:k",
+                  b'{"model":"gpt-4o","input":"hi","stream":true}')
+    ex.status = 200
+    tap = Tap(ex, store, Observers([capture]), 1 << 20)
+    tap.response_started("text/event-stream; charset=utf-8", None)
+    return tap
+
+
+def test_only_lifecycle_frames_are_parsed_and_a_clean_end_is_the_terminal_event() -> None:
+    store, capture = RunStore(), Capture()
+    tap = _tap(store, capture)
+    done = RESPONSE | {"status": "completed", "output": [ITEM | {"status": "completed", "content": [
+        {"type": "output_text", "text": "Hi!"}]}], "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}}
+    stream = [frame({"type": "response.created", "sequence_number": 0, "response": RESPONSE}),
+              frame({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": ITEM}),
+              delta(2, "Hi"), delta(3, "!"),
+              frame({"type": "response.completed", "sequence_number": 4, "response": done})]
+    tap.feed_batch(stream, [1.0] * len(stream))
+    tap.end(Outcome.COMPLETED)
+    parsed = [e for e in capture.events if e.obj is not None]
+    assert [e.name for e in parsed] == ["response.created", "response.output_item.added", "response.completed"]
+    assert "response.output_text.delta" in DELTA_EVENTS and API.delta_events is DELTA_EVENTS
+    assert (tap.ex.outcome, tap.ex.response_id, tap.ex.run_id) == (Outcome.COMPLETED, "resp_1", "resp_1")
+    assert tracker(store).responses["resp_1"].status == "completed"
+
+
+def test_a_stream_cut_before_its_terminal_event_is_truncated_with_its_partial_text() -> None:
+    store, capture = RunStore(), Capture()
+    tap = _tap(store, capture)
+    stream = [frame({"type": "response.created", "sequence_number": 0, "response": RESPONSE}),
+              frame({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": ITEM}),
+              delta(2, "Hal"), delta(3, "f")]
+    tap.feed_batch(stream, [1.0] * len(stream))
+    tap.end(Outcome.COMPLETED)
+    assert tap.ex.outcome is Outcome.TRUNCATED and "terminal event" in (tap.ex.error or "")
+    [end] = [e for e in capture.events if e.source == "end"]
+    states = {type(s): s for s in end.changes}
+    assert states[ResponseState].status == "truncated"
+    assert (states[ResponseItemState].text, states[ResponseItemState].status) == ("Half", "incomplete")
+
+
+def test_a_json_body_and_an_error_body_fold_as_a_response_or_nothing() -> None:
+    store = RunStore()
+    ex = Exchange(classify("GET", "/v1/responses/resp_1"), "GET", "/v1/responses/resp_1", "", "sha256:k", None)
+    seen = Seen(ex.request_id, "sha256:k", None, datetime(2026, 12, 7, tzinfo=UTC))
+    assert API.fold(ex, {"error": {"message": "No response found", "code": None}}, store, seen) == []
+    changed = API.fold(ex, RESPONSE | {"status": "queued", "background": True}, store, seen)
+    assert [s.status for s in changed if isinstance(s, ResponseState)] == ["queued"]
+    assert ex.response_id == "resp_1" and ex.run_id is None  # a poll first: no create seen, no turn to stitch
+    assert API.fold(ex, {"type": "response.unknown_new_event", "sequence_number": 9}, store, seen) == []

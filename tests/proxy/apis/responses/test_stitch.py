@@ -1,0 +1,140 @@
+"""Responses into turns: the links of protocol-responses.md §7 and §11, folded from snapshots."""
+
+from datetime import UTC, datetime, timedelta
+
+from proxy.apis.responses.states import ResponseItemState, ResponseState
+from proxy.apis.responses.stitch import ResponseTracker
+from proxy.runs import RunState, RunStore, Seen, ToolCallState
+
+T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def seen(request_id: str, seconds: float = 0) -> Seen:
+    return Seen(request_id, "sha256:k", None, T0 + timedelta(seconds=seconds))
+
+
+def response(rid: str, status: str = "completed", output=(), usage=(10, 5), **extra):
+    body = {"id": rid, "object": "response", "status": status, "model": "gpt-4o-2024-08-06",
+            "created_at": 1_796_000_000, "output": list(output), "usage": None}
+    if status == "completed" and usage:
+        body["usage"] = {"input_tokens": usage[0], "output_tokens": usage[1], "total_tokens": sum(usage),
+                         "input_tokens_details": {"cached_tokens": 2}, "output_tokens_details": {"reasoning_tokens": 1}}
+    return body | extra
+
+
+def call(call_id: str, name: str = "get_weather") -> dict:
+    return {"id": "fc_" + call_id, "type": "function_call", "status": "completed", "call_id": call_id, "name": name,
+            "arguments": '{"city":"Paris"}'}
+
+
+def output(call_id: str) -> dict:
+    return {"type": "function_call_output", "call_id": call_id, "output": "sunny"}
+
+
+def _of(changed, kind):
+    return [s for s in changed if isinstance(s, kind)]
+
+
+def test_a_tool_loop_by_previous_response_id_is_one_turn_with_summed_usage() -> None:
+    store = RunStore()
+    tracker = ResponseTracker(store)
+    tracker.request("rq1", {"input": "weather?"}, T0)
+    first = tracker.response(response("resp_1", output=[call("call_1")]), "rq1", seen("rq1", 1))
+    [run] = _of(first, RunState)
+    assert (run.run_id, run.api, run.status, run.total_tokens) == ("resp_1", "responses", "requires_action", 15)
+    [asked] = _of(first, ToolCallState)
+    assert (asked.tool_call_id, asked.requested_at, asked.submitted_at) == ("call_1", T0 + timedelta(seconds=1), None)
+    tracker.request("rq2", {"previous_response_id": "resp_1", "input": [output("call_1")]}, T0 + timedelta(seconds=3))
+    second = tracker.response(response("resp_2", output=[{"id": "msg_1", "type": "message", "status": "completed",
+                                                          "role": "assistant", "content": [
+                                                              {"type": "output_text", "text": "Sunny."}]}],
+                                       usage=(30, 4)), "rq2", seen("rq2", 4))
+    [run] = _of(second, RunState)
+    assert (run.run_id, run.status, run.tool_rounds, run.prompt_tokens, run.completion_tokens) == (
+        "resp_1", "completed", 1, 40, 9)
+    [answered] = _of(second, ToolCallState)
+    assert (answered.output, answered.submitted_at) == ("sunny", T0 + timedelta(seconds=3))
+    items = {item.item_id: item for item in _of(second, ResponseItemState)}
+    assert items["resp_2/input/0"].source == "input" and items["resp_2/input/0"].call_id == "call_1"
+    assert items["msg_1"].text == "Sunny."
+    assert store.runs["resp_1"] is run
+
+
+def test_a_stateless_replay_continues_by_call_id_and_new_user_input_starts_a_turn() -> None:
+    tracker = ResponseTracker(RunStore())
+    tracker.request("rq1", {"input": [{"role": "user", "content": "weather?"}]}, T0)
+    tracker.response(response("resp_1", output=[call("call_1")]), "rq1", seen("rq1"))
+    history = [{"role": "user", "content": "weather?"}, call("call_1"), {"role": "user", "content": ""},
+               output("call_1")]
+    tracker.request("rq2", {"input": history}, T0)
+    assert tracker.responses.get("resp_2") is None
+    tracker.response(response("resp_2"), "rq2", seen("rq2"))
+    assert tracker.responses["resp_2"].run_id == "resp_1"  # the history before the output is replayed
+    tracker.request("rq3", {"input": [*history, {"role": "user", "content": "and tomorrow?"}]}, T0)
+    tracker.response(response("resp_3"), "rq3", seen("rq3"))
+    assert tracker.responses["resp_3"].run_id == "resp_3"  # a new question after the output: a new turn
+    tracker.request("rq4", {"input": [output("call_unknown")]}, T0)
+    tracker.response(response("resp_4"), "rq4", seen("rq4"))
+    assert tracker.responses["resp_4"].run_id == "resp_4"  # no link found: its own turn, never a guess
+
+
+def test_the_same_snapshot_twice_changes_nothing_twice() -> None:
+    store = RunStore()
+    tracker = ResponseTracker(store)
+    tracker.request("rq1", {"input": "x"}, T0)
+    tracker.request("rq2", {"previous_response_id": "resp_1", "input": [output("call_1")]}, T0)
+    tracker.response(response("resp_1", output=[call("call_1")]), "rq1", seen("rq1"))
+    for request_id in ("rq2", "poll", "resume"):  # the live stream, a poll, a resumed stream's replay
+        tracker.response(response("resp_2"), request_id, seen(request_id, 5))
+    run = store.runs["resp_1"]
+    assert (run.tool_rounds, run.prompt_tokens, run.completion_tokens) == (1, 20, 10)
+    state = tracker.responses["resp_2"]
+    # No completed_at in these objects: it ended when runtap first saw it terminal, not at a later sighting.
+    assert (state.request_id, state.ended_at) == ("rq2", T0 + timedelta(seconds=5))
+    tracker.response(response("resp_2") | {"completed_at": 1_796_000_009}, "poll", seen("poll", 9))
+    assert state.ended_at == datetime.fromtimestamp(1_796_000_009, UTC)  # the object's own time, when it has one
+
+
+def test_terminal_fields_and_a_cut_stream() -> None:
+    tracker = ResponseTracker(RunStore())
+    tracker.request("rq1", {"input": "x", "max_output_tokens": 16, "background": False}, T0)
+    tracker.response(response("resp_1", "in_progress", service_tier="auto"), "rq1", seen("rq1"))
+    tracker.item("resp_1", 0, {"id": "msg_1", "type": "message", "status": "in_progress", "content": []},
+                 seen("rq1"), done=False)
+    tracker.deltas("resp_1", b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                             b'"item_id":"msg_1","delta":"Hel"}\n\n'
+                             b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                             b'"item_id":"msg_1","delta":"lo"}\n\n')
+    changed = tracker.cut_off("resp_1", seen("rq1", 2))
+    [item] = _of(changed, ResponseItemState)
+    assert (item.status, item.text) == ("incomplete", "Hello")
+    [state] = _of(changed, ResponseState)
+    assert (state.status, state.ended_at, state.max_output_tokens) == ("truncated", T0 + timedelta(seconds=2), 16)
+    assert tracker.cut_off("resp_1", seen("rq1", 3)) == []  # once
+    tracker.request("rq2", {"input": "x", "background": True}, T0)
+    tracker.response(response("resp_2", "queued"), "rq2", seen("rq2"))
+    assert tracker.cut_off("resp_2", seen("rq2")) == []  # a background response goes on upstream
+
+
+def test_failure_details_from_the_error_frame_and_the_failed_object() -> None:
+    tracker = ResponseTracker(RunStore())
+    tracker.request("rq1", {"input": "x"}, T0)
+    tracker.response(response("resp_1", "in_progress"), "rq1", seen("rq1"))
+    tracker.failed_in_band("resp_1", {"type": "error", "error": {"code": "server_error", "message": "boom"}})
+    changed = tracker.response(response("resp_1", "failed", error={"code": "server_error", "message": "boom"}),
+                               "rq1", seen("rq1", 1))
+    [run] = _of(changed, RunState)
+    assert (run.status, run.last_error_code, run.last_error_message, run.ended_at) == (
+        "failed", "server_error", "boom", T0 + timedelta(seconds=1))
+    top_level = tracker.failed_in_band("resp_1", {"type": "error", "code": "rate_limit_exceeded", "message": "slow"})
+    assert top_level[0].error_code == "rate_limit_exceeded"  # the SDK's declared shape, read too (§6)
+
+
+def test_tracked_responses_are_bounded() -> None:
+    store = RunStore(max_runs=3)
+    tracker = ResponseTracker(store)
+    for i in range(10):
+        tracker.request(f"rq{i}", {"input": "x"}, T0)
+        tracker.response(response(f"resp_{i}"), f"rq{i}", seen(f"rq{i}"))
+    assert list(tracker.responses) == ["resp_7", "resp_8", "resp_9"]
+    assert len(store.runs) <= 3 and len(tracker._turns) == 3
