@@ -110,7 +110,7 @@ class Tap:
         if self._api is not None and ex.outcome is None:
             try:
                 now = utcnow()
-                changes = self._api.exchange_ended(ex, self._tracker, now)
+                changes = self._api.exchange_ended(ex, self._tracker, now, outcome)
                 if changes:
                     self._deliver(RunEvent(-1, None, "", None, now, changes=tuple(changes), source="end"))
             except Exception:

@@ -9,9 +9,10 @@ from functools import lru_cache
 
 from .assistants import API as ASSISTANTS
 from .base import OTHER, Api, Route
+from .chat import API as CHAT
 from .responses import API as RESPONSES
 
-APIS: tuple[Api, ...] = (ASSISTANTS, RESPONSES)
+APIS: tuple[Api, ...] = (ASSISTANTS, RESPONSES, CHAT)
 
 __all__ = ["APIS", "OTHER", "Api", "Route", "classify"]
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ..exchange import Exchange
+    from ..exchange import Exchange, Outcome
     from ..runs import RunStore, Seen, State
 
 
@@ -86,7 +86,7 @@ class Api:
         """Whether a stream without `[DONE]` reached its protocol's end all the same."""
         return False
 
-    def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime) -> list[State]:
-        """What the end of the exchange changed (a stream cut before its terminal event), after
-        its last event and before the observers hear it finished."""
+    def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime, outcome: Outcome) -> list[State]:
+        """What the end of the exchange (its `outcome`: TRUNCATED for a stream cut before its end)
+        changed, after its last event and before the observers hear it finished."""
         return []

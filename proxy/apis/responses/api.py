@@ -16,7 +16,7 @@ from .states import RESPONSE_TERMINAL
 from .stitch import ResponseTracker
 
 if TYPE_CHECKING:
-    from ...exchange import Exchange
+    from ...exchange import Exchange, Outcome
     from ...runs import RunStore, Seen, State
 
 DELTA_EVENTS = frozenset({
@@ -70,7 +70,7 @@ class ResponsesApi(Api):
             tracker(store).request(ex.request_id, ex.request_json, at)
         return []
 
-    def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime) -> list[State]:
+    def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime, outcome: Outcome) -> list[State]:
         if not ex.streamed or ex.response_id is None:
             return []
         from ...runs import Seen  # runtime import: runs imports nothing of the APIs

@@ -38,7 +38,7 @@ def test_assistants_routes_after_either_prefix(prefix, method, path, kind, templ
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/models", "/v1/files", "/v1/chat/completions", "/admin/sql", "/threads/runs", "/v2/threads/runs"]
+    "path", ["/v1/models", "/v1/files", "/v1/embeddings", "/admin/sql", "/threads/runs", "/v2/threads/runs"]
 )
 def test_other_routes_stream_through_with_a_bounded_label(path):
     route = classify("POST", path)
