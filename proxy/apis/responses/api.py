@@ -71,11 +71,13 @@ class ResponsesApi(Api):
         return []
 
     def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime, outcome: Outcome) -> list[State]:
+        responses = tracker(store)
+        responses.request_done(ex.request_id)  # a create that never showed its response is not kept
         if not ex.streamed or ex.response_id is None:
             return []
         from ...runs import Seen  # runtime import: runs imports nothing of the APIs
 
-        return tracker(store).cut_off(ex.response_id, Seen(ex.request_id, ex.key_id, ex.trace_id, at))
+        return responses.cut_off(ex.response_id, Seen(ex.request_id, ex.key_id, ex.trace_id, at))
 
     @staticmethod
     def _response(ex: Exchange, obj: dict[str, Any], responses: ResponseTracker, seen: Seen) -> list[State]:

@@ -81,6 +81,10 @@ class ResponseTracker:
             body.get("background") if isinstance(body.get("background"), bool) else None,
             body.get("store") if isinstance(body.get("store"), bool) else None, at)
 
+    def request_done(self, request_id: str) -> None:
+        """Its exchange ended: what the request said is of no use to a response seen later."""
+        self._requests.pop(request_id, None)
+
     # -- objects -----------------------------------------------------------------------------
     def response(self, obj: dict[str, Any], request_id: str, seen: Seen) -> list[State]:
         """A Response object (an event's `response`, a JSON body, a poll): the states it changed."""

@@ -64,6 +64,7 @@ def test_a_stream_cut_before_its_terminal_event_is_truncated_with_its_partial_te
     tap.feed_batch(stream, [1.0] * len(stream))
     tap.end(Outcome.COMPLETED)
     assert tap.ex.outcome is Outcome.TRUNCATED and "terminal event" in (tap.ex.error or "")
+    assert tracker(store)._requests == {}  # nothing of the exchange kept once it ended
     [end] = [e for e in capture.events if e.source == "end"]
     states = {type(s): s for s in end.changes}
     assert states[ResponseState].status == "truncated"
@@ -79,3 +80,11 @@ def test_a_json_body_and_an_error_body_fold_as_a_response_or_nothing() -> None:
     assert [s.status for s in changed if isinstance(s, ResponseState)] == ["queued"]
     assert ex.response_id == "resp_1" and ex.run_id is None  # a poll first: no create seen, no turn to stitch
     assert API.fold(ex, {"type": "response.unknown_new_event", "sequence_number": 9}, store, seen) == []
+
+
+def test_a_create_that_never_shows_its_response_is_not_kept() -> None:
+    store, capture = RunStore(), Capture()
+    tap = _tap(store, capture)
+    tap.feed(b": keep-alive\n\n", 1.0)  # the stream breaks off before response.created
+    tap.end(Outcome.TRUNCATED)
+    assert tracker(store)._requests == {} and tracker(store).responses == {}
