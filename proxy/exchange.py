@@ -95,6 +95,7 @@ class Exchange:
     def __post_init__(self) -> None:
         self.thread_id = self.route.thread_id
         self.run_id = self.route.run_id
+        self.response_id = self.route.response_id
 
     @property
     def ttfb_ms(self) -> float | None:

@@ -118,6 +118,8 @@ class BatchFramer:
         if self._decoder is not None:
             return self._decode(chunks, times)
         new = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not new:
+            return []  # nothing (the relay feeds no empty chunk; an empty one must not look like a carry)
         if b"\r" in new:  # not canonical, whatever follows; and a CR may end a frame on its own
             return self._decode(chunks, times)
         carry = self._carry

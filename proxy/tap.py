@@ -269,7 +269,10 @@ class Tap:
         if obj is None:
             self.done_seen = self.done_seen or event.is_done
         elif self._api is not None:
-            changes = self._api.fold(ex, obj, self._tracker, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
+            try:
+                changes = self._api.fold(ex, obj, self._tracker, Seen(ex.request_id, ex.key_id, ex.trace_id, now))
+            except Exception:  # an object the API's stitcher chokes on costs its own fold, not the stream's
+                self._failed("fold")
         self._deliver(RunEvent(seq, event.event, event.data, obj, now, event.raw, tuple(changes)))
 
     @property

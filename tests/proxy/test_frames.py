@@ -104,3 +104,12 @@ def test_a_long_event_in_small_pieces_is_joined_once() -> None:
         assert framer.at_boundary == (i + 1000 >= len(event))
     [(kind, seq, sse, _, at)] = items
     assert (kind, seq, sse.event, len(sse.data), at) == (FRAME, 0, "x", 100_000, T0 + len(event) // 1000 * 1000)
+
+
+def test_empty_chunks_change_nothing() -> None:
+    framer = BatchFramer(FrameScanner(DELTAS))
+    assert framer.feed([b"data: 1\n"], [T0]) == []
+    assert framer.feed([b""], [T0 + 1]) == [] and not framer.at_boundary
+    [(kind, seq, event, _, at)] = framer.feed([b"\n"], [T0 + 2])
+    assert (kind, seq, event.data, at) == (FRAME, 0, "1", T0 + 2) and framer.at_boundary
+    assert framer.feed([b""], [T0 + 3]) == [] and framer.at_boundary

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..base import Api, Route
 from .routes import RouteKind, classify
 from .states import RESPONSE_TERMINAL
@@ -39,8 +41,8 @@ class ResponsesApi(Api):
     def stream_ended(self, ex: Exchange, store: RunStore) -> bool:
         # No [DONE] on a Responses stream (§2): it ends right after its terminal event. A background
         # response cancelled while streamed ends its stream with no terminal event (a §12 unknown).
-        state = tracker(store).responses.get(ex.response_id) if ex.response_id else None
-        return state is not None and state.status in RESPONSE_TERMINAL
+        # This exchange must have seen it: a resume cut short of a response that ended long ago is cut.
+        return ex.request_id in tracker(store).ended_in
 
     def classify(self, method: str, path: str) -> Route | None:
         route = classify(method, path, self)
@@ -53,6 +55,8 @@ class ResponsesApi(Api):
     def fold(self, ex: Exchange, obj: dict[str, Any], store: RunStore, seen: Seen) -> list[State]:
         responses = tracker(store)
         kind = obj.get("type")
+        if kind is not None and not isinstance(kind, str):
+            return []  # not an event of this API: recorded raw, nothing to fold
         if kind is None:  # a JSON body: a Response object (create, poll, cancel), or anything else
             return self._response(ex, obj, responses, seen) if obj.get("object") == "response" else []
         response = obj.get("response")
@@ -63,16 +67,26 @@ class ResponsesApi(Api):
                                   done=_ITEM_EVENTS[kind])
         if kind == "error":
             return responses.failed_in_band(ex.response_id, obj)
+        if kind in DELTA_EVENTS:
+            # A stream framed otherwise than the service frames it (comments, data-only frames) is
+            # parsed frame by frame: its deltas come here instead of as bytes to `deltas`.
+            responses.deltas(ex.response_id, b"data: " + orjson.dumps(obj) + b"\n\n")
         return []  # unknown and part-level events: recorded raw, nothing to fold
 
     def request_changes(self, ex: Exchange, store: RunStore, at: datetime) -> list[State]:
+        responses = tracker(store)
         if ex.route.kind == RouteKind.CREATE and ex.request_json is not None:
-            tracker(store).request(ex.request_id, ex.request_json, at)
+            responses.request(ex.request_id, ex.request_json, at)
+        elif ex.response_id is not None:  # a poll, resume or cancel of a response runtap knows
+            state = responses.responses.get(ex.response_id)
+            if state is not None and state.run_id is not None:
+                ex.run_id = ex.run_id or state.run_id
         return []
 
     def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime, outcome: Outcome) -> list[State]:
         responses = tracker(store)
         responses.request_done(ex.request_id)  # a create that never showed its response is not kept
+        responses.ended_in.discard(ex.request_id)
         if not ex.streamed or ex.response_id is None:
             return []
         from ...runs import Seen  # runtime import: runs imports nothing of the APIs
@@ -82,6 +96,8 @@ class ResponsesApi(Api):
     @staticmethod
     def _response(ex: Exchange, obj: dict[str, Any], responses: ResponseTracker, seen: Seen) -> list[State]:
         changed = responses.response(obj, ex.request_id, seen)
+        if obj.get("status") in RESPONSE_TERMINAL:
+            responses.ended_in.add(ex.request_id)
         response_id = obj.get("id")
         if isinstance(response_id, str):
             ex.response_id = ex.response_id or response_id

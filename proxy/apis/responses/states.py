@@ -79,7 +79,7 @@ RECORDED[ResponseItemState] = ("response_items", (
 ))
 
 RESPONSE_TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
-TOOL_RESULT_TYPES = frozenset({"function_call_output", "mcp_approval_response", "custom_tool_call_output",
-                               "computer_call_output", "local_shell_call_output", "shell_call_output",
-                               "apply_patch_call_output"})
-"""Request input items that answer an earlier response's call (§7): a turn goes on."""
+CLIENT_CALLS = frozenset({"function_call", "custom_tool_call", "computer_call", "apply_patch_call",
+                          "local_shell_call", "shell_call", "mcp_approval_request"})
+"""Output items the client answers in its next request (§7): the turn waits for them. Each is
+keyed by its `call_id`, an MCP approval request by its item id (`approval_request_id` answers it)."""

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from ...runs import RUN_TERMINAL, RunState, RunStore, Seen, State, ToolCallState
-from .states import RESPONSE_TERMINAL, ResponseItemState, ResponseState
+from .states import CLIENT_CALLS, RESPONSE_TERMINAL, ResponseItemState, ResponseState
 
 
 @dataclass(slots=True)
@@ -55,6 +55,9 @@ class ResponseTracker:
         self._turns: dict[str, Turn] = {}
         self._calls: dict[str, str] = {}  # call_id (and function_call item id) -> turn id
         self._requests: dict[str, Request] = {}  # request_id -> its create request, until answered
+        self._item_calls: dict[str, str] = {}  # a call item's id -> its call_id
+        self.ended_in: set[str] = set()
+        """Exchanges that saw their response reach a terminal status (their stream ended cleanly)."""
 
     # -- requests ----------------------------------------------------------------------------
     def request(self, request_id: str, body: dict[str, Any], at: datetime) -> None:
@@ -70,7 +73,9 @@ class ResponseTracker:
                 results.append((index, item))
                 user_input = False  # what came before is history a stateless client replays (§11)
             elif item.get("role") == "user" and item.get("content"):
-                user_input = True  # an empty user message between a call and its output is no input (§7)
+                # An empty user message between a call and its output is no input (§7); one with
+                # content ends the history before it: only the results after it are new.
+                user_input, results = True, []
         conversation = body.get("conversation")
         if isinstance(conversation, dict):
             conversation = conversation.get("id")
@@ -99,7 +104,8 @@ class ResponseTracker:
             self.responses.move_to_end(response_id)
         was_terminal = state.status in RESPONSE_TERMINAL
         _merge(state, obj, seen)
-        for index, item in enumerate(obj.get("output") or ()):
+        output = obj.get("output")
+        for index, item in enumerate(output if isinstance(output, list) else ()):
             if isinstance(item, dict):
                 changed.append(self._item(state, index, item, seen, done=True))
         if state.status in RESPONSE_TERMINAL and not was_terminal:
@@ -116,7 +122,10 @@ class ResponseTracker:
         state = self.responses.get(response_id) if response_id else None
         if state is None or not isinstance(item, dict) or not isinstance(output_index, int):
             return []
-        return [self._item(state, output_index, item, seen, done=done)]
+        row = self._item(state, output_index, item, seen, done=done)
+        if done and state.delta_frames and all(r.done_at is not None for r in state.items.values()):
+            state.delta_frames = []  # every item is whole: no partial text to rebuild
+        return [row]
 
     def failed_in_band(self, response_id: str | None, error: dict[str, Any]) -> list[State]:
         """An `error` event: the details the `response.failed` after it may not bring (§6)."""
@@ -131,7 +140,10 @@ class ResponseTracker:
 
     def deltas(self, response_id: str | None, frames: bytes) -> None:
         state = self.responses.get(response_id) if response_id else None
-        if state is not None and state.status not in RESPONSE_TERMINAL:
+        # Only text and argument deltas are ever read (a cut stream's partial items); reasoning,
+        # audio and partial images are recorded in the stream and not held here as well.
+        if state is not None and state.status not in RESPONSE_TERMINAL and (
+                b'"response.output_text.delta"' in frames or b'"response.function_call_arguments.delta"' in frames):
             state.delta_frames.append(frames)
 
     def cut_off(self, response_id: str | None, seen: Seen) -> list[State]:
@@ -177,9 +189,9 @@ class ResponseTracker:
         previous = self.responses.get(request.previous_response_id) if request.previous_response_id else None
         if previous is not None and previous.run_id in self._turns:
             return self._turns[previous.run_id]
-        for _, item in request.results:
-            call_id = item.get("call_id")
-            turn_id = self._calls.get(call_id) if isinstance(call_id, str) else None
+        for _, item in reversed(request.results):  # the newest round a stateless history replays
+            call_id = _str(item.get("call_id")) or _str(item.get("approval_request_id"))
+            turn_id = self._calls.get(call_id) if call_id else None
             if turn_id in self._turns:
                 return self._turns[turn_id]
         return None
@@ -193,6 +205,8 @@ class ResponseTracker:
                                 _str(item.get("status")), call_id=call_id, output=text, added_at=at, done_at=at)
         changed: list[State] = [row]
         call = turn.run.tool_calls.get(call_id) if call_id else None
+        if call is None and call_id in self._item_calls:  # a client that sent the item id as call_id (§7)
+            call = turn.run.tool_calls.get(self._item_calls[call_id])
         if call is not None:
             call.output, call.submitted_at = text, call.submitted_at or at
             changed.append(call)
@@ -216,8 +230,9 @@ class ResponseTracker:
             row.text = text
         if done and row.done_at is None:
             row.done_at = seen.at
-        if row.type == "function_call" and row.call_id and row.call_id not in state.calls and done:
-            state.calls.append(row.call_id)
+        call_id = row.item_id if row.type == "mcp_approval_request" else row.call_id
+        if row.type in CLIENT_CALLS and call_id and call_id not in state.calls and done:
+            state.calls.append(call_id)
         return row
 
     def _ended(self, state: ResponseState, seen: Seen) -> list[State]:
@@ -227,16 +242,19 @@ class ResponseTracker:
             return []
         changed: list[State] = []
         for row in state.items.values():
-            if row.type != "function_call" or not row.call_id:
+            call_id = row.item_id if row.type == "mcp_approval_request" else row.call_id
+            if row.type not in CLIENT_CALLS or not call_id:
                 continue
-            call = turn.run.tool_calls.get(row.call_id)
+            call = turn.run.tool_calls.get(call_id)
             if call is None:
-                call = turn.run.tool_calls[row.call_id] = ToolCallState(row.call_id, turn.run.run_id, type="function")
+                kind = "function" if row.type == "function_call" else row.type
+                call = turn.run.tool_calls[call_id] = ToolCallState(call_id, turn.run.run_id, type=kind)
             call.name, call.arguments = row.name, row.arguments
             call.requested_at = call.requested_at or seen.at
             call.call_index = row.output_index
             call.step_id = state.response_id
-            self._calls[row.call_id] = self._calls[row.item_id] = turn.run.run_id
+            self._calls[call_id] = self._calls[row.item_id] = turn.run.run_id
+            self._item_calls[row.item_id] = call_id
             changed.append(call)
         return changed
 
@@ -245,8 +263,11 @@ class ResponseTracker:
         if turn is None:
             return []
         run = turn.run
-        run.model = state.model or run.model
         run.last_seen_at = seen.at
+        # The turn is where its latest response is: a late poll of an earlier one changes its own
+        # row and the summed usage, never the turn's status.
+        latest = next(reversed(turn.responses.values()))
+        run.model = latest.model or run.model
         first = next(iter(turn.responses.values()))
         run.created_at = first.created_at
         run.started_at = run.started_at or first.created_at
@@ -254,13 +275,13 @@ class ResponseTracker:
                                  ("total_tokens", "total_tokens")):
             values = [getattr(r, field_name) for r in turn.responses.values() if getattr(r, field_name) is not None]
             setattr(run, name, sum(values) if values else None)
-        status = state.status
-        if status == "completed" and any(call not in self._answered(turn) for call in state.calls):
+        status = latest.status
+        if status == "completed" and any(call not in self._answered(turn) for call in latest.calls):
             status = "requires_action"  # the client runs its tools next (§7): the turn goes on
         run.status = status
-        run.incomplete_reason = state.incomplete_reason
-        run.last_error_code, run.last_error_message = state.error_code, state.error_message
-        run.ended_at = state.ended_at if status in RUN_TERMINAL or status == "truncated" else None
+        run.incomplete_reason = latest.incomplete_reason
+        run.last_error_code, run.last_error_message = latest.error_code, latest.error_message
+        run.ended_at = latest.ended_at if status in RUN_TERMINAL or status == "truncated" else None
         self._store.adopt(run)
         return [run]
 
@@ -268,6 +289,9 @@ class ResponseTracker:
         return {call_id for call_id, call in turn.run.tool_calls.items() if call.submitted_at is not None}
 
     def _forget(self, state: ResponseState) -> None:
+        for row in state.items.values():
+            self._calls.pop(row.item_id, None)
+            self._item_calls.pop(row.item_id, None)
         turn = self._turns.get(state.run_id) if state.run_id else None
         if turn is not None:
             turn.responses.pop(state.response_id, None)
@@ -279,7 +303,9 @@ class ResponseTracker:
 
 def _merge(state: ResponseState, obj: dict[str, Any], seen: Seen) -> None:
     state.last_seen_at = seen.at
-    state.status = _str(obj.get("status")) or state.status
+    status = _str(obj.get("status"))
+    if status and not (state.status in RESPONSE_TERMINAL and status not in RESPONSE_TERMINAL):
+        state.status = status  # a replayed early snapshot (a resume from the start) never reopens it
     state.model = _str(obj.get("model")) or state.model
     state.previous_response_id = _str(obj.get("previous_response_id")) or state.previous_response_id
     conversation = obj.get("conversation")
@@ -359,4 +385,7 @@ def _int(value: Any) -> int | None:
 def _ts(value: Any) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return datetime.fromtimestamp(value, UTC)
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):  # not a time: kept in the raw JSON only
+        return None

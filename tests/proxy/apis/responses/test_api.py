@@ -88,3 +88,36 @@ def test_a_create_that_never_shows_its_response_is_not_kept() -> None:
     tap.feed(b": keep-alive\n\n", 1.0)  # the stream breaks off before response.created
     tap.end(Outcome.TRUNCATED)
     assert tracker(store)._requests == {} and tracker(store).responses == {}
+
+
+def test_a_stream_framed_otherwise_keeps_its_partial_text_too() -> None:
+    store, capture = RunStore(), Capture()
+    tap = _tap(store, capture)
+    stream = [b": processing\n\n", frame({"type": "response.created", "sequence_number": 0, "response": RESPONSE}),
+              frame({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": ITEM}),
+              delta(2, "Hal"), delta(3, "f")]
+    tap.feed_batch(stream, [1.0] * len(stream))  # a comment: framed by SseDecoder, every frame parsed
+    tap.end(Outcome.COMPLETED)
+    [end] = [e for e in capture.events if e.source == "end"]
+    assert [s.text for s in end.changes if isinstance(s, ResponseItemState)] == ["Half"]
+
+
+def test_a_resume_names_its_response_and_its_turn_and_is_cut_unless_it_saw_the_end() -> None:
+    store = RunStore()
+    created = _tap(store, Capture())
+    done = RESPONSE | {"status": "completed", "output": [], "usage": {"input_tokens": 1, "output_tokens": 1,
+                                                                      "total_tokens": 2}}
+    created.feed_batch([frame({"type": "response.created", "sequence_number": 0, "response": RESPONSE}),
+                        frame({"type": "response.completed", "sequence_number": 1, "response": done})], [1.0, 1.0])
+    created.end(Outcome.COMPLETED)
+    path = "/v1/responses/resp_1"
+    ex = Exchange(classify("GET", path), "GET", path, "stream=true&starting_after=0", "sha256:k", None)
+    ex.status = 200
+    assert ex.response_id == "resp_1"
+    resume = Tap(ex, store, Observers([]), 1 << 20)
+    resume.response_started("text/event-stream", None)
+    assert ex.run_id == "resp_1"  # the turn is known before any event: segments are not held back
+    resume.feed(frame({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": ITEM}))
+    resume.end(Outcome.COMPLETED)
+    assert ex.outcome is Outcome.TRUNCATED  # it never reached the terminal event, though the response had
+    assert tracker(store).responses["resp_1"].status == "completed"  # and the response stays as it ended

@@ -138,3 +138,92 @@ def test_tracked_responses_are_bounded() -> None:
         tracker.response(response(f"resp_{i}"), f"rq{i}", seen(f"rq{i}"))
     assert list(tracker.responses) == ["resp_7", "resp_8", "resp_9"]
     assert len(store.runs) <= 3 and len(tracker._turns) == 3
+
+
+def test_a_stateless_history_of_two_rounds_continues_the_latest_turn_only() -> None:
+    tracker = ResponseTracker(RunStore())
+    message = {"id": "msg_b", "type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "B"}]}
+    tracker.request("rq1", {"input": "first?"}, T0)
+    tracker.response(response("resp_a", output=[call("call_1")]), "rq1", seen("rq1"))
+    tracker.request("rq2", {"input": [{"role": "user", "content": "first?"}, call("call_1"), output("call_1")]}, T0)
+    tracker.response(response("resp_b", output=[message]), "rq2", seen("rq2"))
+    second = [{"role": "user", "content": "first?"}, call("call_1"), output("call_1"), message,
+              {"role": "user", "content": "second?"}]
+    tracker.request("rq3", {"input": second}, T0)
+    tracker.response(response("resp_c", output=[call("call_2")]), "rq3", seen("rq3"))
+    tracker.request("rq4", {"input": [*second, call("call_2"), output("call_2")]}, T0 + timedelta(seconds=7))
+    changed = tracker.response(response("resp_d"), "rq4", seen("rq4", 8))
+    assert [tracker.responses[r].run_id for r in ("resp_a", "resp_b", "resp_c", "resp_d")] == [
+        "resp_a", "resp_a", "resp_c", "resp_c"]
+    [run] = _of(changed, RunState)
+    assert (run.run_id, run.status, run.tool_rounds) == ("resp_c", "completed", 1)
+    assert [i.call_id for i in _of(changed, ResponseItemState) if i.source == "input"] == ["call_2"]  # not call_1 again
+    [answered] = _of(changed, ToolCallState)
+    assert (answered.tool_call_id, answered.submitted_at) == ("call_2", T0 + timedelta(seconds=7))
+
+
+def test_a_late_poll_of_an_earlier_response_or_a_replayed_early_snapshot_reopens_nothing() -> None:
+    store = RunStore()
+    tracker = ResponseTracker(store)
+    tracker.request("rq1", {"input": "x"}, T0)
+    tracker.response(response("resp_a", output=[call("call_1")]), "rq1", seen("rq1"))
+    tracker.request("rq2", {"previous_response_id": "resp_a", "input": [output("call_1")]}, T0)
+    tracker.response(response("resp_b", "failed", error={"code": "server_error", "message": "boom"}), "rq2",
+                     seen("rq2", 2))
+    tracker.response(response("resp_a", output=[call("call_1")]), "poll", seen("poll", 3))  # a late poll of resp_a
+    run = store.runs["resp_a"]
+    assert (run.status, run.last_error_code) == ("failed", "server_error")
+    tracker.response(response("resp_a", "in_progress"), "resume", seen("resume", 4))  # a replayed response.created
+    assert tracker.responses["resp_a"].status == "completed" and run.status == "failed"
+
+
+def test_other_client_tools_pause_the_turn_and_an_item_id_sent_as_call_id_still_pairs() -> None:
+    store = RunStore()
+    tracker = ResponseTracker(store)
+    custom = {"id": "ctc_1", "type": "custom_tool_call", "status": "completed", "call_id": "call_c", "name": "grep",
+              "input": "x"}
+    tracker.request("rq1", {"input": "x"}, T0)
+    tracker.response(response("resp_a", output=[custom, call("call_f")]), "rq1", seen("rq1"))
+    assert store.runs["resp_a"].status == "requires_action"
+    results = [{"type": "custom_tool_call_output", "call_id": "call_c", "output": "found"},
+               {"type": "function_call_output", "call_id": "fc_call_f", "output": "sunny"}]  # the item id, §7
+    tracker.request("rq2", {"input": results}, T0 + timedelta(seconds=2))
+    tracker.response(response("resp_b"), "rq2", seen("rq2", 3))
+    run = store.runs["resp_a"]
+    assert (run.status, run.tool_rounds) == ("completed", 1)
+    assert {c.tool_call_id: (c.type, c.output) for c in run.tool_calls.values()} == {
+        "call_c": ("custom_tool_call", "found"), "call_f": ("function", "sunny")}
+
+
+def test_odd_shapes_fold_to_nothing_and_never_raise() -> None:
+    tracker = ResponseTracker(RunStore())
+    tracker.request("rq1", {"input": "x"}, T0)
+    changed = tracker.response({"id": "resp_1", "status": "completed", "output": 5, "created_at": 1e20,
+                                "usage": {"input_tokens": "3"}}, "rq1", seen("rq1"))
+    [state] = _of(changed, ResponseState)
+    assert (state.status, state.created_at, state.input_tokens) == ("completed", None, None)
+
+
+def test_only_text_and_argument_deltas_are_held_and_not_once_every_item_is_whole() -> None:
+    tracker = ResponseTracker(RunStore())
+    tracker.request("rq1", {"input": "x"}, T0)
+    tracker.response(response("resp_1", "in_progress"), "rq1", seen("rq1"))
+    tracker.item("resp_1", 0, {"id": "ig_1", "type": "image_generation_call", "status": "in_progress"}, seen("rq1"),
+                 done=False)
+    tracker.deltas("resp_1", b'event: response.image_generation_call.partial_image\ndata: {"type":'
+                             b'"response.image_generation_call.partial_image","partial_image_b64":"AAAA"}\n\n')
+    assert tracker.responses["resp_1"].delta_frames == []
+    tracker.deltas("resp_1", b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                             b'"item_id":"msg_1","delta":"x"}\n\n')
+    assert len(tracker.responses["resp_1"].delta_frames) == 1
+    tracker.item("resp_1", 0, {"id": "ig_1", "type": "image_generation_call", "status": "completed"}, seen("rq1"),
+                 done=True)
+    assert tracker.responses["resp_1"].delta_frames == []
+
+
+def test_forgotten_responses_leave_no_call_behind() -> None:
+    tracker = ResponseTracker(RunStore(max_runs=10))
+    for i in range(200):
+        tracker.request(f"rq{i}", {"input": "x"}, T0)
+        tracker.response(response(f"resp_{i}", output=[call(f"call_{i}")]), f"rq{i}", seen(f"rq{i}"))
+    assert len(tracker._calls) <= 20 and len(tracker._item_calls) <= 10 and len(tracker.responses) == 10
