@@ -197,7 +197,10 @@ class MetricsObserver(Observer):
             if kind is RunState:
                 if not state.terminal:
                     live.first(state.run_id)
-                elif state.run_id in live and self._counted.first(state.run_id):
+                elif (state.run_id in live or state.api != "assistants") and self._counted.first(state.run_id):
+                    # An Assistants run first seen ended was listed or polled after the fact; a
+                    # Responses or Chat turn is runtap's own stitching of creates it relayed, so a
+                    # JSON create that is its whole turn counts too.
                     self._run_ended(ex, state, event.received_at)
             elif kind is StepState:
                 if state.status in STEP_TERMINAL and state.run_id in live and self._counted.first(state.step_id):

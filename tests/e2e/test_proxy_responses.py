@@ -132,3 +132,18 @@ async def test_azure_v1_paths_are_recorded_as_responses(fake, azure_client, reco
     assert q("select response_id, status from responses") == [(response.id, "completed")]
     [(route,)] = q("select route from requests")
     assert route.endswith("/responses")
+
+
+async def test_run_and_token_metrics_count_every_turn_once_streamed_or_not(fake, client, parts, recorded):
+    from prometheus_client import generate_latest
+
+    fake.enqueue_response(ResponseScript.text("a", input_tokens=5))
+    fake.enqueue_response(ResponseScript.text("b", input_tokens=7))
+    first = await client.responses.create(model="gpt-4o", input="hi")  # JSON: the turn is first seen ended
+    async with client.responses.stream(model="gpt-4o", input="hi") as s:
+        await s.get_final_response()
+    await client.responses.retrieve(first.id)  # a poll of an ended turn counts nothing again
+    await recorded()
+    text = generate_latest(parts.registry).decode()
+    assert f'runtap_runs_total{{model="{first.model}",status="completed"}} 2.0' in text
+    assert f'runtap_tokens_total{{key_alias="other",model="{first.model}",type="input"}} 12.0' in text
