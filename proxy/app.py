@@ -61,7 +61,7 @@ class Parts:
 
     async def flush(self, exchanges_timeout_s: float = 30.0) -> None:
         """Until everything seen so far is in the database: exchanges in flight end (bounded),
-        the taps' work they queued behind the relay (tap.DeferredTap ends with call_soon) runs,
+        the taps' work they queued behind the relay (deferred_tap.DeferredTap ends with call_soon) runs,
         then the writer commits."""
         if self.inflight:
             await asyncio.wait(set(self.inflight), timeout=exchanges_timeout_s)

@@ -52,7 +52,7 @@ class Replayer:
         self.batch = True
 
     def run(self) -> None:
-        """One streamed run through the tap, as forward.py and tap.DeferredTap drive it."""
+        """One streamed run through the tap, as forward.py and deferred_tap.DeferredTap drive it."""
         token = f"LOOP{next(self.counter):016d}".encode()
         observers, tracker = self.observers, self.parts.tracker
         ex = Exchange(classify("POST", PATH), "POST", PATH, "", "sha256:0123456789abcdef", BODY)

@@ -9,6 +9,9 @@ Everything the writer needs to know about a table (its columns in order, its key
 appended or merged) is read back from a migrated database by :func:`table_specs`, so the DDL below
 is the only copy of the column lists. ``python -m proxy.record.migrations --doc`` prints the schema
 as Markdown for the README.
+
+Why one long module: it is the schema's single source, every table's DDL and column comments in
+the order they shipped, and shipped migrations are never edited or moved.
 """
 
 from __future__ import annotations

@@ -25,11 +25,12 @@ from yarl import URL
 from .. import errors
 from ..apis import classify
 from ..config import Settings
+from ..deferred_tap import DeferredTap, TapQueue
 from ..exchange import Exchange, Outcome
 from ..keys import key_id_from_headers
 from ..observers import Observers
 from ..runs import RunStore
-from ..tap import DeferredTap, Tap, TapQueue
+from ..tap import Tap
 from .client import ClientConnection, ParsedRequest
 from .heads import answer_bytes, request_head
 from .response import ResponseRelay, UpstreamGone
@@ -117,7 +118,7 @@ class Forwarder:
 
     # -- the exchange ----------------------------------------------------------------------------------
     async def _exchange(self, client: ClientConnection, request: ParsedRequest) -> None:
-        # What other exchanges relayed before this request arrived is seen before it (tap.TapQueue).
+        # What other exchanges relayed before this request arrived is seen before it (deferred_tap.TapQueue).
         self.pending_taps.drain()
         body: bytes | None = None
         ex, headers = self.begin(request)
@@ -223,7 +224,7 @@ class Forwarder:
             raise ConnectTimeout() from e
 
     def _make_tap(self, ex: Exchange) -> DeferredTap:
-        # The tap works in loop callbacks behind the relay, in batches (tap.DeferredTap): never
+        # The tap works in loop callbacks behind the relay, in batches (deferred_tap.DeferredTap): never
         # between a chunk's arrival and its write, and for a fast stream only once it is over.
         tap = Tap(ex, self._tracker, self._observers, self._max_body, self._segment_s)
         return DeferredTap(tap, asyncio.get_running_loop(),

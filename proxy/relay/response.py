@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from ..deferred_tap import DeferredTap
 from ..exchange import Exchange, Outcome
-from ..tap import DeferredTap
 from .heads import RawHeaders, header, response_head
 from .upstream import UpstreamConnection, UpstreamPool
 
