@@ -8,7 +8,7 @@ in auto-commit mode: without ``BEGIN``, a failing statement would leave the earl
 Everything the writer needs to know about a table (its columns in order, its key, whether rows are
 appended or merged) is read back from a migrated database by :func:`table_specs`, so the DDL below
 is the only copy of the column lists. ``python -m proxy.record.migrations --doc`` prints the schema
-as Markdown for the README.
+as Markdown (docs/schema.md).
 
 Why one long module: it is the schema's single source, every table's DDL and column comments in
 the order they shipped, and shipped migrations are never edited or moved.
@@ -224,7 +224,7 @@ def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
         _run(con, f"comment on column {column} is '{text.replace(chr(39), chr(39) * 2)}'")
 
 
-# Column docs of m001 (the README's schema section is generated from them). Frozen with m001.
+# Column docs of m001 (docs/schema.md is generated from them). Frozen with m001.
 _M001_COLUMN_DOCS: dict[str, str] = {
     "requests.request_id": "runtap's id of the exchange (rt_ + 32 hex).",
     "requests.started_at": "When the request reached runtap.",
@@ -492,7 +492,7 @@ from runs_summary
 group by key_id, day
 """
 
-# Docs of m002's objects (the README's schema section is generated from them). Frozen with m002.
+# Docs of m002's objects (docs/schema.md is generated from them). Frozen with m002.
 _M002_DOCS: dict[str, str] = {
     "prices": "USD per million tokens per model, for the cost_usd columns. Shipped with OpenAI's list prices "
     "(source says as of when); the config's [prices] replaces or adds models at each proxy start. A run's model "
@@ -625,7 +625,7 @@ def m003_budgets(con: duckdb.DuckDBPyConnection) -> None:
         _run(con, f"comment on {kind} {name} is '{text.replace(chr(39), chr(39) * 2)}'")
 
 
-# Docs of m003's objects (the README's schema section is generated from them). Frozen with m003.
+# Docs of m003's objects (docs/schema.md is generated from them). Frozen with m003.
 _M003_DOCS: dict[str, str] = {
     "budget_charges": "One row per budget charge: a run's reservation, replaced by its final usage when it ends "
     "(README, Budgets). A key's spend in a window is the sum over charges reserved inside it.",

@@ -1,4 +1,4 @@
-"""The questions: the views behind them, on recordings made through the proxy, and the README's ten.
+"""The questions: the views behind them, on recordings made through the proxy, and the ten of docs/queries.md.
 
 Exact values come from the workload's scripts and the fake upstream's scripted clock; runtap's
 own clock (client tool times) is checked by relation only.
@@ -20,7 +20,7 @@ from proxy.record.migrations import DEFAULT_PRICES, PRICES_SOURCE, fresh_databas
 from proxy.testing.scripts import Script, ToolRound
 from tests.analytics.workload import final_usage, plan
 
-README = Path(__file__).parents[2] / "README.md"
+QUESTIONS = Path(__file__).parents[2] / "docs" / "queries.md"
 VARIES = "<!-- output varies"
 
 
@@ -149,10 +149,8 @@ def test_since_refuses_what_it_cannot_read():
 
 
 def readme_questions() -> list[tuple[str, str, str, bool]]:
-    """(title, sql, printed output, varies) of every question of the README's Querying section."""
-    text = README.read_text()
-    section = text[text.index("## Querying"):]
-    section = section[:section.index("\n## ", 1)]
+    """(title, sql, printed output, varies) of every question of docs/queries.md."""
+    section = QUESTIONS.read_text()
     pattern = re.compile(r"\*\*(\d+\. [^*]+)\*\*.*?```sql\n(.*?)```\n\n"
                          r"(<!-- output varies[^\n]*\n\n)?```text\n(.*?)```", re.S)
     return [(m[1], m[2].strip(), m[4], bool(m[3])) for m in pattern.finditer(section)]

@@ -1,6 +1,6 @@
 """The sample recording: three days of an ordinary team's Assistants traffic, through the proxy.
 
-The analytics tests and the README's "Querying" examples need more than the demo's two runs: four
+The analytics tests and the questions of docs/queries.md need more than the demo's two runs: four
 assistants on four models under three API keys, tool calls that succeed, fail and are abandoned,
 runs that fail, go incomplete or are cancelled, streamed and polled. Every run goes through the
 real proxy with the real openai SDK to the fake upstream, whose ids are seeded and whose clock is
@@ -8,7 +8,7 @@ scripted (:class:`Clock`), so run, step and message timestamps, ids, tokens and 
 the same every time. Only runtap's own clock (requested_at/submitted_at, first_seen_at, request
 timings) is real.
 
-Make the README's recording with::
+Make the recording docs/queries.md shows with::
 
     .venv/bin/python -m tests.analytics.workload /tmp/sample.duckdb
 
@@ -96,7 +96,7 @@ class Visit:
 
 
 TOOL_S = {"lookup_order": 1, "refund_order": 3, "get_current_weather": 2}
-"""How long each client tool takes, in whole seconds of the fake's clock. For the README recording
+"""How long each client tool takes, in whole seconds of the fake's clock. For the docs/queries.md recording
 the client also sleeps 55-95% of it for real, so runtap's client tool times look like real ones."""
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ...runs import Seen
 from ..base import Api, Route
 from .routes import classify
 from .stitch import ChatTracker
 
 if TYPE_CHECKING:
     from ...exchange import Exchange, Outcome
-    from ...runs import RunStore, Seen, State
+    from ...runs import RunStore, State
 
 
 class ChatApi(Api):
@@ -48,8 +49,7 @@ class ChatApi(Api):
         return []
 
     def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime, outcome: Outcome) -> list[State]:
-        from ...exchange import Outcome as Outcomes  # at run time: exchange imports the apis' base
-        from ...runs import Seen
+        from ...exchange import Outcome as Outcomes  # at call time: proxy.exchange imports apis.base
 
         cut = ex.streamed and outcome is not Outcomes.COMPLETED
         return tracker(store).ended(ex.request_id, Seen(ex.request_id, ex.key_id, ex.trace_id, at), cut=cut)

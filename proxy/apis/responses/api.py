@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ...runs import Seen
 from ..base import Api, Route
 from .routes import RouteKind, classify
 from .states import RESPONSE_TERMINAL
@@ -19,7 +20,7 @@ from .stitch import ResponseTracker
 
 if TYPE_CHECKING:
     from ...exchange import Exchange, Outcome
-    from ...runs import RunStore, Seen, State
+    from ...runs import RunStore, State
 
 DELTA_EVENTS = frozenset({
     "response.output_text.delta", "response.function_call_arguments.delta", "response.refusal.delta",
@@ -89,8 +90,6 @@ class ResponsesApi(Api):
         responses.ended_in.discard(ex.request_id)
         if not ex.streamed or ex.response_id is None:
             return []
-        from ...runs import Seen  # runtime import: runs imports nothing of the APIs
-
         return responses.cut_off(ex.response_id, Seen(ex.request_id, ex.key_id, ex.trace_id, at))
 
     @staticmethod
