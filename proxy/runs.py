@@ -174,8 +174,26 @@ class RunState:
         return self.status in RUN_TERMINAL
 
 
+@dataclass(slots=True, frozen=True)
+class ModelCall:
+    """One billed model call as budgets see it, whatever the API: a Responses response, a Chat
+    completion. Not a row (the API records its own); a view an API puts among a fold's changes
+    when the call is first seen and when its usage is final, so that the budget observer settles
+    it without knowing the API. (An Assistants run is billed as the run itself: `RunState`.)"""
+
+    call_id: str
+    """The id the upstream gave the call (`resp_...`, `chatcmpl-...`): what its charge is linked to."""
+    model: str | None
+    final: bool
+    """Nothing more will be billed for it: its usage is final, or (None) known never to come."""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+
+
 State = Any
-"""A snapshot the recorder writes: one of RECORDED's types (RunState, StepState, ...)."""
+"""A snapshot the recorder writes: one of RECORDED's types (RunState, StepState, ...); or a
+`ModelCall`, which the recorder skips."""
 RECORDED.update({
     RunState: ("runs", _RUN_COLUMNS),
     StepState: ("run_steps", _STEP_COLUMNS),

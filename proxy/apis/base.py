@@ -41,9 +41,11 @@ class Route:
     api: Api | None = None
     """None: relayed, its request recorded, its body neither read whole nor parsed."""
     creates_run: bool = False
-    """The request starts or continues a run: budget admission applies before it is forwarded."""
+    """The request starts or continues an Assistants run (its spans start or go on)."""
     continues_run: bool = False
     """The request continues a run it names (tool outputs): no new run, the budget's reservation grows."""
+    budgeted: bool = False
+    """The request may spend tokens: budget admission applies before it is forwarded."""
 
     @property
     def recorded(self) -> bool:
@@ -58,6 +60,11 @@ class Api:
     """The base every API implements; the defaults are an API with no runs."""
 
     name: ClassVar[str] = "none"
+
+    prompt_limit: ClassVar[str | None] = None
+    """The request field that bounds a budgeted request's input tokens, if the API has one."""
+    output_limits: ClassVar[tuple[str, ...]] = ()
+    """The request fields that bound its output tokens, the one budgets' `clamp` sets first."""
 
     def classify(self, method: str, path: str) -> Route | None:
         """This API's route for the request, or None when it is not one of this API's."""

@@ -6,7 +6,10 @@ both take the last of a budget. It reads only in-memory state (the ledger's runn
 costs a few microseconds per run-creating request and nothing on any other route.
 
 Estimates (README, "Budgets"): `max_prompt_tokens + max_completion_tokens` when the request sets
-both; otherwise `default_reservation_tokens` plus whichever one it sets. A `submit_tool_outputs`
+both; otherwise `default_reservation_tokens` plus whichever one it sets (for Responses and Chat,
+which bound no input, always the default plus `max_output_tokens` / `max_completion_tokens`). A
+Responses create or a Chat completion is one charge of its own, settled at its own usage: no
+continuation rides on it (each response bills its own tokens). A `submit_tool_outputs`
 continuation belongs to a run that already holds a reservation (max_*_tokens bound the whole run,
 protocol.md §2.6): it rides on it while the run's usage so far is below what it reserved, and
 otherwise tops the reservation up by another default estimate (checked like a new run; taken
@@ -30,6 +33,7 @@ import orjson
 from aiohttp import web
 
 from .. import errors
+from ..apis.base import Route
 from ..exchange import Exchange
 from ..runs import RunState, RunStore
 from ..tap import parse_object
@@ -117,9 +121,33 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def estimate(body: Mapping[str, Any] | None, default: int) -> int:
-    prompt = _int(body.get("max_prompt_tokens")) if body else None
-    completion = _int(body.get("max_completion_tokens")) if body else None
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The request fields that bound a budgeted request's tokens (apis/base.py `Api.prompt_limit`)."""
+
+    prompt: str | None = "max_prompt_tokens"
+    outputs: tuple[str, ...] = ("max_completion_tokens",)
+
+    def asked(self, body: Mapping[str, Any]) -> tuple[int | None, str | None, int | None]:
+        """(the prompt bound, the output field the body sets, its bound)."""
+        prompt = _int(body.get(self.prompt)) if self.prompt else None
+        for name in self.outputs:
+            if _int(body.get(name)) is not None:
+                return prompt, name, _int(body.get(name))
+        return prompt, None, None
+
+
+ASSISTANTS_LIMITS = Limits()
+
+
+def limits_of(route: Route) -> Limits:
+    api = route.api
+    return ASSISTANTS_LIMITS if api is None or not api.output_limits else Limits(api.prompt_limit, api.output_limits)
+
+
+def estimate(body: Mapping[str, Any] | None, default: int, limits: Limits = ASSISTANTS_LIMITS) -> int:
+    """Both bounds when the request sets both; else the default plus the one it sets."""
+    prompt, _, completion = limits.asked(body) if body else (None, None, None)
     if prompt is not None and completion is not None:
         return prompt + completion
     return default + (prompt or 0) + (completion or 0)
@@ -200,7 +228,7 @@ class Budgets:
         return refusal
 
     def _admit(self, ex: Exchange, headers: Mapping[str, str]) -> web.Response | None:
-        if not ex.route.creates_run or ex.key_id is None:
+        if not ex.route.budgeted or ex.key_id is None:
             return None  # no key: the upstream refuses it, there is nobody to charge
         key_id = ex.key_id
         budget = self.budget_of(key_id)
@@ -213,13 +241,14 @@ class Budgets:
         body = parse_object(ex.request_body) if ex.request_body else None
         if ex.route.continues_run:
             return self._continuation(ex, key_id, budget, alias, now, headers)
-        need = estimate(body, self.settings.default_reservation_tokens)
+        limits = limits_of(ex.route)
+        need = estimate(body, self.settings.default_reservation_tokens, limits)
         model = body.get("model") if body is not None and isinstance(body.get("model"), str) else None
         usd = self.prices.reservation(need, model)
         if budget is not None:
             short = self.shortfall(key_id, budget, alias, need, usd, now)
             if short is not None:
-                clamped = self._clamp(key_id, budget, alias, body, model, now) if budget.clamp else None
+                clamped = self._clamp(key_id, budget, alias, body, model, now, limits) if budget.clamp else None
                 if clamped is None:
                     return refusal(short, now)
                 need, usd, ex.request_body = clamped
@@ -298,14 +327,16 @@ class Budgets:
         return None
 
     def _clamp(self, key_id: str, budget: BudgetLimits, alias: str, body: dict[str, Any] | None,
-               model: str | None, now: float) -> tuple[int, float, bytes] | None:
-        """Lower (or set) max_completion_tokens to what the token limits can still pay; None if under 256.
+               model: str | None, now: float, limits: Limits) -> tuple[int, float, bytes] | None:
+        """Lower (or set) the output bound to what the token limits can still pay; None if under 256.
 
         The reservation after a clamp is the estimate of the clamped body, like any other: with
-        max_prompt_tokens set, it plus max_completion_tokens; with only max_completion_tokens, the
+        max_prompt_tokens set, it plus max_completion_tokens; with only an output bound, the
         default plus it. A request that sets neither was estimated at the default for the whole
-        run, and setting max_completion_tokens alone could then never fit where the default did
-        not; so both are set, splitting what is left a quarter to completions (at least 256)."""
+        call, and an output bound alone could then never fit where the default did not; so a
+        quarter of what is left goes to the output (at least 256) and the rest to the input: as
+        max_prompt_tokens where the API has it (Assistants), else as an estimate only (Responses
+        and Chat bound no input), the request reserving all that is left."""
         if body is None:
             return None
         room = min((limit - self.ledger.window(key_id, LIMITS[name][0], now).tokens
@@ -313,23 +344,27 @@ class Budgets:
         if room is None:
             return None
         room = int(room)
-        prompt = _int(body.get("max_prompt_tokens"))
-        asked = _int(body.get("max_completion_tokens"))
+        prompt, field_name, asked = limits.asked(body)
+        output_field = field_name or limits.outputs[0]
         changes: dict[str, int] = {}
+        need: int | None = None
         if prompt is None and asked is None:
             completion = max(MIN_COMPLETION_TOKENS, room // 4)
-            prompt = room - completion
-            if prompt < MIN_COMPLETION_TOKENS:  # the API's minimum is the same for both
+            if room - completion < MIN_COMPLETION_TOKENS:  # the Assistants minimum is the same for both
                 return None
-            changes["max_prompt_tokens"] = prompt
+            if limits.prompt is not None:
+                changes[limits.prompt] = room - completion
+            else:
+                need = room
         else:
             completion = room - (prompt or self.settings.default_reservation_tokens)
             if asked is not None:
                 completion = min(completion, asked)
         if completion < MIN_COMPLETION_TOKENS:
             return None
-        changes["max_completion_tokens"] = completion
-        need = estimate({**body, **changes}, self.settings.default_reservation_tokens)
+        changes[output_field] = completion
+        if need is None:
+            need = estimate({**body, **changes}, self.settings.default_reservation_tokens, limits)
         usd = self.prices.reservation(need, model)
         if self.shortfall(key_id, budget, alias, need, usd, now) is not None:
             return None  # a USD limit still refuses it

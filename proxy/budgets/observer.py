@@ -6,6 +6,10 @@ accounting never delays a byte. It reads the run tracker's states, which already
 when the run is first seen terminal, whichever exchange shows it (the create stream, a
 submit_tool_outputs continuation, a poll), and only once.
 
+Responses and Chat Completions bill per model call (a response, a completion), not per turn: their
+APIs hand a `runs.ModelCall` among the changes, linked to the admitting exchange's charge and
+settled once at its own usage (`_model_call`).
+
 cancel_on_exhaustion: when a step of a run ends and the run's usage so far (its completed steps,
 or its own usage snapshot if larger) would push a token window of its budget past the limit, runtap
 POSTs `.../runs/{run_id}/cancel` upstream with the credentials of the exchange that is streaming the
@@ -23,8 +27,9 @@ import aiohttp
 
 from ..exchange import Exchange, Outcome, RunEvent
 from ..observers import Observer
-from ..runs import STEP_TERMINAL, RunState, StepState
+from ..runs import STEP_TERMINAL, ModelCall, RunState, StepState
 from .gate import Budgets, Credentials, usage_of
+from .ledger import RELEASED, SETTLED
 from .settings import LIMITS
 
 log = logging.getLogger("runtap.budgets")
@@ -53,6 +58,8 @@ class BudgetObserver(Observer):
                 self._run(ex, state)  # type: ignore[arg-type]  # checked by type
             elif kind is StepState and state.status in STEP_TERMINAL:  # type: ignore[union-attr]
                 self._step(ex, state)  # type: ignore[arg-type]
+            elif kind is ModelCall:
+                self._model_call(ex, state)  # type: ignore[arg-type]
 
     def exchange_finished(self, ex: Exchange) -> None:
         budgets = self._budgets
@@ -78,6 +85,8 @@ class BudgetObserver(Observer):
 
     # -- runs ----------------------------------------------------------------------------------
     def _run(self, ex: Exchange, run: RunState) -> None:
+        if run.api != "assistants":
+            return  # a turn stitched of model calls, each billed on its own (`_model_call`), its id their first's
         budgets = self._budgets
         ledger = budgets.ledger
         charge = budgets.pending.get(ex.request_id)
@@ -95,6 +104,30 @@ class BudgetObserver(Observer):
             ledger.settle(charge, tokens, usd)
         elif run.expires_at is not None:
             ledger.settle_unseen_at(charge, run.expires_at.timestamp() + EXPIRY_GRACE_S)
+
+    # -- Responses and Chat: one charge per model call ------------------------------------------
+    def _model_call(self, ex: Exchange, call: ModelCall) -> None:
+        """Linked to the exchange's charge when first seen, settled once when final: at its usage,
+        or at its reservation when none will come (a cancelled response, a Chat stream without
+        `include_usage`), never at zero. Whichever exchange shows it final (the create's stream, a
+        poll or resume of a background response, after a restart too) settles it."""
+        budgets = self._budgets
+        ledger = budgets.ledger
+        charge = budgets.pending.get(ex.request_id)
+        if charge is not None and charge.run_id is None:
+            ledger.link(charge, call.call_id, call.model)
+        charge = ledger.by_run.get(call.call_id)
+        if charge is None or charge.state in (SETTLED, RELEASED):
+            return
+        if call.model and charge.model != call.model:
+            ledger.link(charge, call.call_id, call.model)
+        if not call.final:
+            return
+        if call.total_tokens is None:
+            ledger.settle(charge, charge.reserved_tokens, charge.reserved_usd)
+        else:
+            ledger.settle(charge, call.total_tokens, budgets.prices.cost(
+                call.input_tokens, call.output_tokens, call.total_tokens, call.model))
 
     # -- cancel_on_exhaustion ------------------------------------------------------------------
     def _step(self, ex: Exchange, step: StepState) -> None:

@@ -92,7 +92,8 @@ class BudgetsSettings(_Section):
     )
     default_reservation_tokens: int = Field(
         4096, ge=1, le=10_000_000, description="Reserved for a run whose request sets neither max_prompt_tokens "
-        "nor max_completion_tokens (added to the one it sets, if only one).",
+        "nor max_completion_tokens (added to the one it sets, if only one); for a Responses create or a Chat "
+        "completion, whose input nothing bounds, added to its output bound.",
     )
     settle_unseen_after_s: float = Field(
         3600.0, gt=0, le=30 * 86400, description="A reservation whose run is never seen to end is settled at its "

@@ -34,16 +34,18 @@ class RowSink(Protocol):
 _CONTENT = frozenset({"arguments", "output", "text", "request_body", "response_body", "data", "raw"})
 
 
-def _getter(kind: type) -> tuple[str, tuple[str, ...], attrgetter[Any]]:
+def _getter(kind: type) -> tuple[str, tuple[str, ...], attrgetter[Any]] | None:
     # One C call per snapshot for all its columns (a getattr per column was 2% of the loop's CPU).
-    getter = _GETTERS.get(kind)
-    if getter is None:
-        table, columns = RECORDED[kind]
-        getter = _GETTERS[kind] = (table, columns, attrgetter(*columns))
-    return getter
+    # None for a type that is no row (runs.ModelCall, a view for budgets).
+    getter = _GETTERS.get(kind, _UNKNOWN)
+    if getter is _UNKNOWN:
+        recorded = RECORDED.get(kind)
+        getter = _GETTERS[kind] = None if recorded is None else (*recorded, attrgetter(*recorded[1]))
+    return getter  # type: ignore[return-value]
 
 
-_GETTERS: dict[type, tuple[str, tuple[str, ...], attrgetter[Any]]] = {}
+_GETTERS: dict[type, tuple[str, tuple[str, ...], attrgetter[Any]] | None] = {}
+_UNKNOWN = object()
 
 
 def _text(body: bytes | None) -> str | None:
@@ -68,8 +70,10 @@ class Recorder(Observer):
         self._sink.submit(table, row)
 
     def _submit_state(self, state: State) -> None:
-        table, columns, values = _getter(type(state))
-        self._submit(table, dict(zip(columns, values(state), strict=True)))
+        getter = _getter(type(state))
+        if getter is not None:
+            table, columns, values = getter
+            self._submit(table, dict(zip(columns, values(state), strict=True)))
 
     def exchange_started(self, ex: Exchange) -> None:
         # Written now, so that a stream cut by a crash still has its request row.

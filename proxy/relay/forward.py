@@ -138,13 +138,13 @@ class Forwarder:
                             "request too large", close=True)
                 return
             ex.request_body = body
-        if self._admit is not None and route.creates_run:
+        if self._admit is not None and route.budgeted:
             refusal = self._admit(ex, headers)
             if refusal is not None:
                 self._observers.exchange_started(ex)
                 self.answer(client, ex, refusal, Outcome.REJECTED, "budget exceeded")
                 return
-            body = ex.request_body  # clamp may have lowered max_completion_tokens
+            body = ex.request_body  # clamp may have lowered max_completion_tokens / max_output_tokens
         self._observers.exchange_started(ex)
         relay: ResponseRelay | None = None
         try:

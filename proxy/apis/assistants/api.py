@@ -23,6 +23,8 @@ _FIRST_ID = b'event: thread.message.delta\ndata: {"id":"'
 
 class AssistantsApi(Api):
     name = "assistants"
+    prompt_limit = "max_prompt_tokens"
+    output_limits = ("max_completion_tokens",)
 
     def classify(self, method: str, path: str) -> Route | None:
         route = classify(method, path, self)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 class ChatApi(Api):
     name = "chat"
+    output_limits = ("max_completion_tokens", "max_tokens")  # max_tokens: the older name, still sent
 
     def classify(self, method: str, path: str) -> Route | None:
         route = classify(method, path, self)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ...runs import MessageState, RunState, RunStore, Seen, State, ToolCallState
+from ...runs import MessageState, ModelCall, RunState, RunStore, Seen, State, ToolCallState
 
 _STATUS = {"stop": "completed", "tool_calls": "requires_action", "function_call": "requires_action",
            "length": "incomplete", "content_filter": "incomplete"}
@@ -89,7 +89,7 @@ class ChatTracker:
         if isinstance(usage, dict):
             completion.usage = _usage(usage)
             notable = True
-        return begun + self._states(completion, seen) if notable else []
+        return begun + self._states(completion, seen, final=completion.usage is not None) if notable else []
 
     def completion(self, request_id: str, obj: dict[str, Any], seen: Seen) -> list[State]:
         """A whole `chat.completion` (a JSON body)."""
@@ -110,7 +110,7 @@ class ChatTracker:
         usage = obj.get("usage")
         if isinstance(usage, dict):
             completion.usage = _usage(usage)
-        return answered + self._states(completion, seen)
+        return answered + self._states(completion, seen, final=True)
 
     def ended(self, request_id: str, seen: Seen, *, cut: bool) -> list[State]:
         """The exchange ended; `cut`: its stream broke off before `[DONE]`."""
@@ -120,7 +120,7 @@ class ChatTracker:
             return []
         if cut and completion.finish_reason is None:
             completion.finish_reason = "truncated"
-        return self._states(completion, seen)
+        return self._states(completion, seen, final=True)
 
     # -- internals ---------------------------------------------------------------------------
     def _begin(self, completion: Completion, seen: Seen) -> list[State]:
@@ -148,7 +148,9 @@ class ChatTracker:
         self._completions[completion.completion_id or ""] = turn.run.run_id
         return changed
 
-    def _states(self, completion: Completion, seen: Seen) -> list[State]:
+    def _states(self, completion: Completion, seen: Seen, *, final: bool) -> list[State]:
+        """The turn's states the completion changed; `final`: no more usage will come for it (its
+        usage chunk came, its exchange ended, or it is a whole JSON completion)."""
         turn_id = self._completions.get(completion.completion_id or "")
         turn = self._turns.get(turn_id) if turn_id else None
         if turn is None or completion.completion_id is None:
@@ -171,7 +173,8 @@ class ChatTracker:
                                reason == "truncated" else "completed", snapshot_text="".join(completion.content),
                                completed_at=seen.at if reason is not None else None)
         self._store.adopt(run)
-        return [*changed, message, run]
+        usage = completion.usage or (None, None, None)
+        return [*changed, ModelCall(completion.completion_id, completion.model, final, *usage), message, run]
 
     def _begin_calls(self, completion: Completion, turn: Turn, seen: Seen) -> list[State]:
         if completion.finish_reason is None:

@@ -35,6 +35,7 @@ _ITEM_EVENTS = {"response.output_item.added": False, "response.output_item.done"
 
 class ResponsesApi(Api):
     name = "responses"
+    output_limits = ("max_output_tokens",)  # reasoning included (§4); the input has no bound
     delta_events = DELTA_EVENTS
 
     stream_end = "a terminal event (response.completed, .incomplete, .failed)"

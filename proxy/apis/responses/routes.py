@@ -68,5 +68,6 @@ def _classify(method: str, path: str, api: Api | None) -> Route:
             if match is not None:
                 ids = match.groups()
                 response_id = ids[0] if ids and kind is not RouteKind.CONVERSATIONS else None
-                return Route(kind, f"{method} {prefix}{template}", response_id=response_id, api=api)
+                return Route(kind, f"{method} {prefix}{template}", response_id=response_id, api=api,
+                             budgeted=kind is RouteKind.CREATE)
     return OTHER

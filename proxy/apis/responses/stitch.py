@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ...runs import RUN_TERMINAL, RunState, RunStore, Seen, State, ToolCallState
+from ...runs import RUN_TERMINAL, ModelCall, RunState, RunStore, Seen, State, ToolCallState
 from .states import CLIENT_CALLS, RESPONSE_TERMINAL, ResponseItemState, ResponseState
 
 
@@ -114,6 +114,8 @@ class ResponseTracker:
             state.delta_frames = []
             changed += self._ended(state, seen)
         changed.append(state)
+        changed.append(ModelCall(response_id, state.model, state.status in RESPONSE_TERMINAL, state.input_tokens,
+                                 state.output_tokens, state.total_tokens))
         changed += self._turn_changed(state, seen)
         return changed
 

@@ -211,3 +211,17 @@ def test_refusals_are_counted_by_alias():
     b.admit(create({"assistant_id": "a", "max_prompt_tokens": 4096, "max_completion_tokens": 4096}), {})
     b.admit(create({"assistant_id": "a"}, key=OTHER), {})
     assert b.rejections == {"team-a": 1, "other": 1}
+
+
+def test_responses_and_chat_estimate_the_default_for_the_input_plus_their_output_bound():
+    from proxy.apis import classify
+    from proxy.budgets.gate import limits_of
+
+    responses = limits_of(classify("POST", "/v1/responses"))
+    chat = limits_of(classify("POST", "/openai/deployments/gpt-4o/chat/completions"))
+    # Nothing bounds their input: max_prompt_tokens means nothing to them.
+    assert estimate({"max_output_tokens": 300, "max_prompt_tokens": 100}, 4096, responses) == 4396
+    assert estimate({"max_completion_tokens": 400}, 4096, chat) == 4496
+    assert estimate({"max_tokens": 500}, 4096, chat) == 4596  # the older name counts the same
+    assert estimate({}, 4096, responses) == estimate(None, 4096, chat) == 4096
+    assert classify("POST", "/v1/responses").budgeted and not classify("GET", "/v1/responses/resp_1").budgeted
