@@ -1,9 +1,11 @@
 """`runtap demo` / `make demo`: the whole thing working, without an API key.
 
 Starts the bundled fake upstream and the proxy in front of it on free loopback ports, has the
-real openai SDK hold a tool-calling conversation through the proxy (a streamed run that pauses
-in `requires_action`, the tool output submitted, the answer streamed), plus one polled run,
-then prints what was recorded from the DuckDB file.
+real openai SDK hold a tool-calling conversation through the proxy on each API: a Responses
+turn (a response asks for a function call, the client runs it and sends its output with
+`previous_response_id`, the answer streams), a Chat Completions stream, and the Assistants
+protocol (a streamed run that pauses in `requires_action`, the tool output submitted, the answer
+streamed, plus one polled run); then prints what was recorded from the DuckDB file.
 """
 
 from __future__ import annotations
@@ -31,8 +33,38 @@ WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {
         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["location"]}}}
 
 
+RESPONSES_WEATHER: dict[str, Any] = {"type": "function", **WEATHER_TOOL["function"]}
+
+
 def _port(runner: web.AppRunner) -> int:
     return int(runner.addresses[0][1])
+
+
+async def _responses_turn(client: Any) -> None:
+    """The Responses API: a function-tool turn chained by previous_response_id, the answer streamed."""
+    question = "What is the weather like in San Francisco?"
+    print(f"Responses API\nuser: {question}")
+    first = await client.responses.create(model="gpt-4o", input=question, tools=[RESPONSES_WEATHER])
+    calls = [item for item in first.output if item.type == "function_call"]
+    for call in calls:
+        print(f"  [model asks for {call.name}({call.arguments})]")
+    outputs = [{"type": "function_call_output", "call_id": call.call_id,
+                "output": json.dumps({"temperature": 18, "unit": "celsius"})} for call in calls]
+    print("  [client runs the tool and sends its output, previous_response_id chaining the turn]")
+    print("assistant: ", end="")
+    async with client.responses.stream(model="gpt-4o", previous_response_id=first.id, input=outputs,
+                                       tools=[RESPONSES_WEATHER]) as stream:
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                print(event.delta, end="", flush=True)
+    print("\n\nChat Completions\nuser: Explain deep learning in one sentence.\nassistant: ", end="")
+    chunks = await client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "Explain deep learning in one sentence."}],
+        stream=True, stream_options={"include_usage": True})
+    async for chunk in chunks:
+        if chunk.choices and chunk.choices[0].delta.content:
+            print(chunk.choices[0].delta.content, end="", flush=True)
+    print("\n")
 
 
 async def _converse(base_url: str) -> None:
@@ -46,7 +78,8 @@ async def _converse(base_url: str) -> None:
             print(f"  [model asks for {tool_call.function.name}({tool_call.function.arguments})]")
 
     async with AsyncOpenAI(base_url=base_url, api_key=DEMO_KEY, max_retries=0) as client:
-        print("user: What is the weather like in San Francisco?")
+        await _responses_turn(client)
+        print("Assistants protocol (Azure AI Foundry Agents classic)\nuser: What is the weather like in San Francisco?")
         handler = Printer()
         async with client.beta.threads.create_and_run_stream(
             assistant_id="asst_demo", tools=[WEATHER_TOOL], event_handler=handler,
@@ -86,12 +119,18 @@ def _table(con: duckdb.DuckDBPyConnection, title: str, sql: str) -> None:
 def show_recording(db: str) -> None:
     con = duckdb.connect(db, read_only=True)
     try:
-        _table(con, "runs", "select run_id, status, model, prompt_tokens, completion_tokens, total_tokens, "
-               "tool_rounds, request_count, key_id from runs order by first_seen_at")
+        _table(con, "runs (Assistants runs, Responses and Chat turns)", "select api, run_id, status, model, "
+               "prompt_tokens, completion_tokens, total_tokens, tool_rounds from runs order by first_seen_at")
+        _table(con, "responses", "select response_id, run_id, previous_response_id, status, input_tokens, "
+               "output_tokens from responses order by first_seen_at")
+        _table(con, "response_items (Responses output and tool results)", "select response_id, source, type, "
+               "call_id, left(coalesce(text, arguments, output), 50) as content from response_items "
+               "order by added_at, output_index")
         _table(con, "run_steps", "select run_id, step_id, type, status, total_tokens from run_steps "
                "order by run_id, created_at, step_id")
-        _table(con, "tool_calls", "select name, arguments, output, "
-               "round(epoch_ms(submitted_at) - epoch_ms(requested_at)) as client_tool_ms from tool_calls")
+        _table(con, "tool_calls", "select run_id, name, arguments, output, "
+               "round(epoch_ms(submitted_at) - epoch_ms(requested_at)) as client_tool_ms from tool_calls "
+               "order by requested_at")
         _table(con, "messages (assistant)", "select run_id, status, left(text, 60) as text from messages "
                "where role = 'assistant' order by created_at")
         _table(con, "requests", "select route, status, outcome, streamed, event_count, round(ttfb_ms, 2) as ttfb_ms "

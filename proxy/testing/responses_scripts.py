@@ -211,6 +211,7 @@ def default_chat_script(body: Json) -> ChatScript:
 
 
 # -- served fakes ------------------------------------------------------------------------------
+TOOL_ANSWER = "It is currently 18°C and sunny in San Francisco."
 _DEMO_ANSWERS = (
     "Deep learning is a way for computers to learn patterns from lots of examples.",
     "Sure! Take a short walk, drink a glass of water, and stretch for a minute.",
@@ -237,6 +238,8 @@ class DemoResponseScripts(_Cycle):
         answered = any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in items)
         if tools and not answered:
             return ResponseScript.function_call(tools[0].get("name", "get_weather"), _example_arguments(tools[0]))
+        if answered:  # the same answer as the Assistants demo's tool run (scripts.DemoScripts)
+            return ResponseScript.text(TOOL_ANSWER)
         return ResponseScript.text(self.next_answer())
 
 
@@ -250,4 +253,4 @@ class DemoChatScripts(_Cycle):
         answered = any(isinstance(m, dict) and m.get("role") == "tool" for m in messages)
         if tools and not answered:
             return ChatScript.tool_calls((tools[0].get("name", "get_weather"), _example_arguments(tools[0])))
-        return ChatScript(self.next_answer())
+        return ChatScript(TOOL_ANSWER if answered else self.next_answer())

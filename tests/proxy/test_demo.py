@@ -16,7 +16,7 @@ ARGUMENTS = '{"location":"San Francisco, CA","unit":"celsius"}'
 OUTPUT = '{"temperature": 18, "unit": "celsius"}'
 
 
-def test_demo_prints_the_conversation_and_records_two_completed_runs(tmp_path):
+def test_demo_prints_the_conversations_and_records_a_turn_on_each_api(tmp_path):
     db = tmp_path / "demo.duckdb"
     runtap = Path(sys.executable).with_name("runtap")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNTAP_", "OTEL_"))}
@@ -24,8 +24,11 @@ def test_demo_prints_the_conversation_and_records_two_completed_runs(tmp_path):
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "user: What is the weather like in San Francisco?\n" in out
-    assert f"  [model asks for get_current_weather({ARGUMENTS})]\n" in out
+    assert out.count("user: What is the weather like in San Francisco?\n") == 2  # Responses, then Assistants
+    assert out.count(f"  [model asks for get_current_weather({ARGUMENTS})]\n") == 2
+    assert "  [client runs the tool and sends its output, previous_response_id chaining the turn]\n" in out
+    assert out.count("assistant: It is currently 18°C and sunny in San Francisco.\n") == 2
+    assert "Chat Completions\nuser: Explain deep learning in one sentence.\n" in out
     assert "  [client runs the tool and submits its output]\n" in out
     assert "assistant: It is currently 18°C and sunny in San Francisco.\n" in out
     assert "user (a polled run): Any ideas for a quick break?\n" in out
@@ -35,13 +38,23 @@ def test_demo_prints_the_conversation_and_records_two_completed_runs(tmp_path):
 
     con = duckdb.connect(str(db), read_only=True)
     try:
-        runs = con.execute("select run_id, status, tool_rounds, prompt_tokens, completion_tokens, total_tokens, "
-                           "key_id from runs order by first_seen_at").fetchall()
+        runs = con.execute("select run_id, api, status, tool_rounds, key_id from runs order by first_seen_at"
+                           ).fetchall()
         assert [row[1:] for row in runs] == [
-            ("completed", 1, 220, 27, 247, fingerprint(DEMO_KEY)),  # the tool-calling run
-            ("completed", 0, 73, 19, 92, fingerprint(DEMO_KEY)),  # the polled run
+            ("responses", "completed", 1, fingerprint(DEMO_KEY)),  # the Responses tool turn
+            ("chat", "completed", 0, fingerprint(DEMO_KEY)),
+            ("assistants", "completed", 1, fingerprint(DEMO_KEY)),  # the tool-calling run
+            ("assistants", "completed", 0, fingerprint(DEMO_KEY)),  # the polled run
         ]
-        tool_run = runs[0][0]
+        assert con.execute("select prompt_tokens, completion_tokens, total_tokens from runs where api = 'assistants'"
+                           " order by first_seen_at").fetchall() == [(220, 27, 247), (73, 19, 92)]
+        turn, tool_run = runs[0][0], runs[2][0]
+        assert con.execute("select count(*), count(distinct run_id), min(run_id) from responses").fetchone() == (
+            2, 1, turn)
+        assert con.execute("select text from response_items where type = 'message'").fetchall() == [
+            ("It is currently 18°C and sunny in San Francisco.",)]
+        assert con.execute("select name, arguments, output from tool_calls where run_id = ?", [turn]).fetchall() == [
+            ("get_current_weather", ARGUMENTS, OUTPUT)]
         [(run_id, name, arguments, output, step_type, waited)] = con.execute(
             "select c.run_id, c.name, c.arguments, c.output, s.type, c.submitted_at >= c.requested_at "
             "from tool_calls c join run_steps s using (step_id)").fetchall()
@@ -50,7 +63,7 @@ def test_demo_prints_the_conversation_and_records_two_completed_runs(tmp_path):
         assert con.execute("select text from messages where role = 'assistant' and run_id = ?",
                            [tool_run]).fetchall() == [("It is currently 18°C and sunny in San Francisco.",)]
         assert con.execute("select count(*), count(*) filter (where outcome = 'completed' and status = 200) "
-                           "from requests").fetchone() == (6, 6)
+                           "from requests").fetchone() == (9, 9)
         assert con.execute("select count(*) from events where event = 'done'").fetchall() == [(2,)]
     finally:
         con.close()
