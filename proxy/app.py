@@ -122,7 +122,7 @@ def make_app(
     tracing = make_tracing(settings, tracker, registry=registry)
     watched = [Recorder(writer, tracker, record_content=settings.recorder.record_content),
                *([metrics] if settings.telemetry.metrics else []), budgets.observer,
-               *([tracing.observer] if tracing else [])]
+               *(tracing.observers if tracing else ())]
     observers = Observers(watched, on_error=metrics.observer_error)
     metrics.watch_observers(o.name for o in watched)
     parts = Parts(settings, writer, tracker, observers, registry=registry, tracing=tracing, budgets=budgets)

@@ -176,10 +176,10 @@ class RunState:
 
 @dataclass(slots=True, frozen=True)
 class ModelCall:
-    """One billed model call as budgets see it, whatever the API: a Responses response, a Chat
+    """One model call as budgets and spans see it, whatever the API: a Responses response, a Chat
     completion. Not a row (the API records its own); a view an API puts among a fold's changes
-    when the call is first seen and when its usage is final, so that the budget observer settles
-    it without knowing the API. (An Assistants run is billed as the run itself: `RunState`.)"""
+    whenever the call changes, so that the budget observer settles it and the turn tracing times it
+    without knowing the API. (An Assistants run is billed as the run itself: `RunState`.)"""
 
     call_id: str
     """The id the upstream gave the call (`resp_...`, `chatcmpl-...`): what its charge is linked to."""
@@ -189,6 +189,18 @@ class ModelCall:
     input_tokens: int | None = None
     output_tokens: int | None = None
     total_tokens: int | None = None
+    status: str | None = None
+    """The call's own: `completed`, `incomplete`, `failed`, `cancelled`, `truncated` (its stream was
+    cut), or not ended yet."""
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    finish_reason: str | None = None
+    """In semconv's words: `stop`, `length`, `tool_calls`, `content_filter`."""
+    error_code: str | None = None
+    error_message: str | None = None
+    conversation_id: str | None = None
+    tools: tuple[tuple[str, str, datetime | None, datetime | None], ...] = ()
+    """Built-in tools it ran upstream (web search, code interpreter, ...): (item id, type, added, done)."""
 
 
 State = Any

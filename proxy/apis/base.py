@@ -44,8 +44,14 @@ class Route:
     """The request starts or continues an Assistants run (its spans start or go on)."""
     continues_run: bool = False
     """The request continues a run it names (tool outputs): no new run, the budget's reservation grows."""
-    budgeted: bool = False
-    """The request may spend tokens: budget admission applies before it is forwarded."""
+    creates_call: bool = False
+    """The request creates one model call (a Responses create, a Chat completion): a charge and a
+    `chat` span of its own, in a turn runtap stitches."""
+
+    @property
+    def budgeted(self) -> bool:
+        """The request may spend tokens: budget admission applies before it is forwarded."""
+        return self.creates_run or self.creates_call
 
     @property
     def recorded(self) -> bool:

@@ -14,9 +14,13 @@ parses a byte of the body, so every run object the tap folds in carries the trac
 `requests` and `runs` rows (runs.Seen). Later exchanges naming the run (polls, submit_tool_outputs,
 steps, cancel) find the span by run id and carry the same trace id.
 
+Every span time is runtap's clock (an exchange's start, the arrival of the event that showed a
+change), never an upstream timestamp: those are data (`runtap.step.upstream_duration_s`).
+
 `error.type`: a `last_error.code` (else `failed`), `expired`, a create's HTTP status or broken
 outcome when it made no run (`semconv.exchange_error_type`), and `abandoned` for a run whose
-terminal status never came: ended at its `expires_at`, at `abandoned_run_s`, when `max_open_runs`
+terminal status never came: ended at its expiry (`expires_at - created_at` after runtap saw it
+start), at `abandoned_run_s`, when `max_open_runs`
 pushed it out, or at shutdown (`runtap.run.abandoned` says which). Memory is bounded by
 `max_open_runs`; per event the work is O(1), with attribute writes only when a state changes.
 Spans are plain records (spans.py): starting one, setting an attribute and ending one are a few
@@ -51,6 +55,7 @@ RUN_ID = "runtap.run.id"
 RUN_STATUS = "runtap.run.status"
 RUN_ABANDONED = "runtap.run.abandoned"
 STEP_TYPE = "runtap.step.type"
+STEP_UPSTREAM_DURATION = "runtap.step.upstream_duration_s"
 _DELTAS = frozenset({"thread.message.delta", "thread.run.step.delta"})
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -112,6 +117,8 @@ class TracingObserver(Observer):
         self._server: dict[str, Any] = {}
         if url is not None and url.host:
             self._server = {sc.SERVER_ADDRESS: url.host, sc.SERVER_PORT: url.port or 443}
+        self.server_attributes = self._server
+        """`server.address` and `server.port` of the upstream, for every span."""
         self._pending: dict[str, _Run] = {}
         """Run-creating exchanges whose run id has not been seen yet, by request id."""
         self.open: OrderedDict[str, _Run] = OrderedDict()
@@ -217,8 +224,11 @@ class TracingObserver(Observer):
         rec = self._run_of(ex, run, at_ns)
         if rec is None:
             return
-        if run.expires_at is not None and rec.expires_ns is None:
-            rec.expires_ns = _ns(run.expires_at)
+        if run.expires_at is not None and run.created_at is not None and rec.expires_ns is None:
+            # The run's lifetime as the upstream states it, counted on runtap's clock from when
+            # runtap saw the run start: an upstream timestamp is data, never a time (the upstream's
+            # clock may be skewed; a replayed recording's expires_at lies in the past).
+            rec.expires_ns = rec.start_ns + max(0, _ns(run.expires_at) - _ns(run.created_at))
             rec.deadline_ns = min(rec.deadline_ns, rec.expires_ns + int(EXPIRY_GRACE_S * 1e9))
         if run.terminal:
             self._end_run(rec, run, max(at_ns, rec.start_ns))
@@ -248,7 +258,7 @@ class TracingObserver(Observer):
         for call_id, span in rec.tools.items():
             if error_type:
                 sc.record_error(span, error_type)
-            end(span, end_ns)
+            end(span, max(end_ns, span.start_ns))
             rec.done.add(call_id)
         for step_id, step in rec.steps.items():
             if error_type:
@@ -366,13 +376,14 @@ class TracingObserver(Observer):
         done.add(state.step_id)
 
     def _late_step(self, ex: Exchange, closed: _Run, state: StepState) -> None:
-        """A step first seen after its run ended (a steps listing of a polled run): its span is
-        timed by the upstream's own (whole-second) timestamps."""
-        if state.created_at is None or state.ended_at is None:
-            return
-        start_ns = _ns(state.created_at)
-        step = self._start_step(ex, closed.span, closed.model, closed.provider, state, start_ns)
-        self._end_step(closed.done, step, state, max(start_ns, _ns(state.ended_at)))
+        """A step first seen after its run ended (a steps listing of a polled run): runtap never saw
+        it happen, so its span is a point at the run's end on runtap's clock, and the duration the
+        upstream's (whole-second) timestamps state is an attribute, not its time."""
+        end_ns = closed.span.end_ns
+        step = self._start_step(ex, closed.span, closed.model, closed.provider, state, end_ns)
+        if state.created_at is not None and state.ended_at is not None:
+            step.span.attributes[STEP_UPSTREAM_DURATION] = max(0.0, (state.ended_at - state.created_at).total_seconds())
+        self._end_step(closed.done, step, state, end_ns)
 
     def _tool_span(self, call: ToolCallState, parent: SpanRecord, start_ns: int) -> SpanRecord:
         name = call.name or call.type or "tool"

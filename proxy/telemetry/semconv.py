@@ -33,6 +33,9 @@ GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
 GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
 GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+OPENAI_API_TYPE = "openai.api.type"
 GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_TYPE = "gen_ai.tool.type"
 GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
@@ -59,6 +62,14 @@ ERROR_OTHER = "_OTHER"
 TOOL_TYPES = {"function": "function", "code_interpreter": "extension", "file_search": "datastore"}
 """Assistants tool type → `gen_ai.tool.type`: function tools run on the client, the built-ins on
 the agent's side (code_interpreter) or as retrieval (file_search), protocol.md §7.2."""
+TOOL_TYPE_FUNCTION = "function"
+OPENAI_API_TYPES = {"responses": "responses", "chat": "chat_completions"}
+"""runtap's API name → `openai.api.type`."""
+
+
+def builtin_tool_type(item_type: str) -> str:
+    """`gen_ai.tool.type` of a Responses built-in tool item: retrieval is a datastore, the rest extensions."""
+    return "datastore" if item_type == "file_search_call" else "extension"
 
 # -- metrics (Prometheus names after the standard OTel normalisation, §7.3) ---------------------
 TOKEN_USAGE_METRIC = "gen_ai_client_token_usage"

@@ -49,6 +49,7 @@ from .run_spans import TracingObserver
 from .semconv import SCHEMA_URL
 from .span_export import RecordExporter, SdkExporter, SpanExport
 from .spans import SpanRecord, Spans
+from .turn_spans import TurnTracing
 
 log = logging.getLogger("runtap.tracing")
 
@@ -130,18 +131,20 @@ class CountingExporter:
 class TracingCollector:
     """Tracing's own health for /metrics: export results and open run spans, read at scrape time."""
 
-    def __init__(self, exporter: CountingExporter, pipeline: SpanExport, observer: TracingObserver) -> None:
+    def __init__(self, exporter: CountingExporter, pipeline: SpanExport, observer: TracingObserver,
+                 turns: TurnTracing) -> None:
         self._exporter = exporter
         self._pipeline = pipeline
         self._observer = observer
+        self._turns = turns
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily("runtap_spans_exported", "Spans the exporter delivered.",
                                   value=self._exporter.exported_spans)
         yield CounterMetricFamily("runtap_span_export_failures", "Spans dropped: their export failed, or the "
                                   "export queue was full.", value=self._exporter.failed_spans + self._pipeline.dropped)
-        yield GaugeMetricFamily("runtap_trace_open_runs", "Run spans open (runs not yet at a terminal status).",
-                                value=len(self._observer.open))
+        yield GaugeMetricFamily("runtap_trace_open_runs", "Run and turn spans open (runs and turns not yet at a "
+                                "terminal status).", value=len(self._observer.open) + len(self._turns.open))
 
 
 @dataclass(slots=True)
@@ -151,15 +154,23 @@ class Tracing:
     pipeline: SpanExport
     exporter: CountingExporter
     observer: TracingObserver
+    """Assistants runs."""
+    turns: TurnTracing
+    """Responses and Chat Completions turns."""
     resource: Resource
     scope: InstrumentationScope
     closed: bool = False
+
+    @property
+    def observers(self) -> tuple[TracingObserver, TurnTracing]:
+        return self.observer, self.turns
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.observer.close()
+        self.turns.close()
         # shutdown() exports what is queued, blocking on the exporter: off the loop.
         await asyncio.to_thread(self.pipeline.shutdown)
 
@@ -170,6 +181,7 @@ class Tracing:
         """`close()` without a loop (scripts): end open spans, export them, stop."""
         self.closed = True
         self.observer.close()
+        self.turns.close()
         self.pipeline.shutdown()
 
 
@@ -201,14 +213,17 @@ def make_tracing(settings: Settings, tracker: RunStore | None = None, *,
     counting = CountingExporter(records)
     pipeline = SpanExport(counting, batch=batch, env=env)
     telemetry = settings.telemetry
+    spans = Spans(pipeline.emit, provider)
     observer = TracingObserver(
-        Spans(pipeline.emit, provider), tracker,
+        spans, tracker,
         upstream=settings.server.upstream, capture_content=telemetry.capture_content,
         max_open_runs=telemetry.max_open_runs, abandoned_run_s=telemetry.abandoned_run_s,
     )
+    turns = TurnTracing(spans, upstream_attributes=observer.server_attributes, max_open_runs=telemetry.max_open_runs,
+                        abandoned_run_s=telemetry.abandoned_run_s)
     if registry is not None:
-        registry.register(TracingCollector(counting, pipeline, observer))
-    return Tracing(pipeline, counting, observer, provider.resource, scope)
+        registry.register(TracingCollector(counting, pipeline, observer, turns))
+    return Tracing(pipeline, counting, observer, turns, provider.resource, scope)
 
 
 def tracing_cleanup(tracing: Tracing | None) -> Callable[[web.Application], AsyncIterator[None]]:

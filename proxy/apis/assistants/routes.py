@@ -93,6 +93,5 @@ def _classify(method: str, path: str, api: Api | None) -> Route:
             api=api,
             creates_run=kind in _RUN_CREATING,
             continues_run=kind is RouteKind.SUBMIT_TOOL_OUTPUTS,
-            budgeted=kind in _RUN_CREATING,
         )
     return OTHER

@@ -46,7 +46,8 @@ class ChatApi(Api):
 
     def request_changes(self, ex: Exchange, store: RunStore, at: datetime) -> list[State]:
         if ex.request_json is not None:
-            tracker(store).request(ex.request_id, ex.request_json, at)
+            turn = tracker(store).request(ex.request_id, ex.request_json, at)
+            ex.run_id = ex.run_id or turn  # known before the completion: its spans go in the turn's trace
         return []
 
     def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime, outcome: Outcome) -> list[State]:

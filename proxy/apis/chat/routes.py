@@ -31,5 +31,5 @@ def _classify(method: str, path: str, api: Api | None) -> Route:
         match = pattern.match(path)
         if match is not None:
             label = template.replace("{prefix}", match.group(1)) if match.groups() else template
-            return Route(CREATE, f"POST {label}", api=api, budgeted=True)
+            return Route(CREATE, f"POST {label}", api=api, creates_call=True)
     return OTHER

@@ -35,6 +35,8 @@ class Completion:
     calls: dict[int, ToolCallState] = field(default_factory=dict)
     finish_reason: str | None = None
     usage: tuple[int | None, int | None, int | None] | None = None
+    details: tuple[int | None, int | None] = (None, None)
+    """Of the usage: cached input tokens, reasoning output tokens."""
 
 
 @dataclass(slots=True)
@@ -52,8 +54,9 @@ class ChatTracker:
         self._open: dict[str, Completion] = {}
         self._completions: dict[str, str] = {}  # completion id -> its turn (as long as the turn is kept)
 
-    def request(self, request_id: str, body: dict[str, Any], at: datetime) -> None:
-        """A create the upstream accepted: the tool results its messages end with, if any."""
+    def request(self, request_id: str, body: dict[str, Any], at: datetime) -> str | None:
+        """A create the upstream accepted: the tool results its messages end with, if any. Returns
+        the turn it goes on with, when runtap knows one (before the completion)."""
         messages = body.get("messages")
         results: list[tuple[str, str | None]] = []
         for message in reversed(messages if isinstance(messages, list) else ()):
@@ -64,6 +67,8 @@ class ChatTracker:
                 content = message.get("content")
                 results.append((call_id, content if isinstance(content, str) else None))
         self._requests[request_id] = (results[::-1], at)
+        turn_id = next((self._calls[call_id] for call_id, _ in results if call_id in self._calls), None)
+        return turn_id if turn_id in self._turns else None
 
     def chunk(self, request_id: str, obj: dict[str, Any], seen: Seen) -> list[State]:
         """A `chat.completion.chunk` of a stream."""
@@ -87,7 +92,7 @@ class ChatTracker:
                     notable = True
         usage = obj.get("usage")
         if isinstance(usage, dict):
-            completion.usage = _usage(usage)
+            completion.usage, completion.details = _usage(usage), _details(usage)
             notable = True
         return begun + self._states(completion, seen, final=completion.usage is not None) if notable else []
 
@@ -109,7 +114,7 @@ class ChatTracker:
                 completion.finish_reason = choice.get("finish_reason")
         usage = obj.get("usage")
         if isinstance(usage, dict):
-            completion.usage = _usage(usage)
+            completion.usage, completion.details = _usage(usage), _details(usage)
         return answered + self._states(completion, seen, final=True)
 
     def ended(self, request_id: str, seen: Seen, *, cut: bool) -> list[State]:
@@ -174,13 +179,18 @@ class ChatTracker:
                                completed_at=seen.at if reason is not None else None)
         self._store.adopt(run)
         usage = completion.usage or (None, None, None)
-        return [*changed, ModelCall(completion.completion_id, completion.model, final, *usage), message, run]
+        status = None if not final else "truncated" if reason == "truncated" else \
+            "incomplete" if reason in _REASON else "completed"
+        call = ModelCall(completion.completion_id, completion.model, final, *usage, status, *completion.details,
+                         None if reason == "truncated" else reason)
+        return [*changed, call, message, run]
 
     def _begin_calls(self, completion: Completion, turn: Turn, seen: Seen) -> list[State]:
         if completion.finish_reason is None:
             return []
         for call in completion.calls.values():
             call.run_id = turn.run.run_id
+            call.step_id = completion.completion_id  # the model call that asked for it (its span's parent)
             call.requested_at = call.requested_at or seen.at
             turn.run.tool_calls[call.tool_call_id] = call
             self._calls[call.tool_call_id] = turn.run.run_id
@@ -214,6 +224,12 @@ def _fold_call(completion: Completion, fragment: dict[str, Any]) -> None:
 
 def _usage(usage: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
     return _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), _int(usage.get("total_tokens"))
+
+
+def _details(usage: dict[str, Any]) -> tuple[int | None, int | None]:
+    prompt, completion = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
+    return (_int(prompt.get("cached_tokens")) if isinstance(prompt, dict) else None,
+            _int(completion.get("reasoning_tokens")) if isinstance(completion, dict) else None)
 
 
 def _int(value: Any) -> int | None:

@@ -79,6 +79,8 @@ class ResponsesApi(Api):
         responses = tracker(store)
         if ex.route.kind == RouteKind.CREATE and ex.request_json is not None:
             responses.request(ex.request_id, ex.request_json, at)
+            # Known before the response: its spans go in the turn's trace, its rows carry it.
+            ex.run_id = ex.run_id or responses.continued_turn(ex.request_id)
         elif ex.response_id is not None:  # a poll, resume or cancel of a response runtap knows
             state = responses.responses.get(ex.response_id)
             if state is not None and state.run_id is not None:

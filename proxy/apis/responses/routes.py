@@ -69,5 +69,5 @@ def _classify(method: str, path: str, api: Api | None) -> Route:
                 ids = match.groups()
                 response_id = ids[0] if ids and kind is not RouteKind.CONVERSATIONS else None
                 return Route(kind, f"{method} {prefix}{template}", response_id=response_id, api=api,
-                             budgeted=kind is RouteKind.CREATE)
+                             creates_call=kind is RouteKind.CREATE)
     return OTHER

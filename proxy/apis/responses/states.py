@@ -83,3 +83,6 @@ CLIENT_CALLS = frozenset({"function_call", "custom_tool_call", "computer_call", 
                           "local_shell_call", "shell_call", "mcp_approval_request"})
 """Output items the client answers in its next request (§7): the turn waits for them. Each is
 keyed by its `call_id`, an MCP approval request by its item id (`approval_request_id` answers it)."""
+BUILTIN_TOOLS = frozenset({"web_search_call", "file_search_call", "code_interpreter_call", "mcp_call", "mcp_list_tools",
+                           "image_generation_call"})
+"""Output items of tools the service runs itself (§8): each an `execute_tool` span of its response."""

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from ...runs import RUN_TERMINAL, ModelCall, RunState, RunStore, Seen, State, ToolCallState
-from .states import CLIENT_CALLS, RESPONSE_TERMINAL, ResponseItemState, ResponseState
+from .states import BUILTIN_TOOLS, CLIENT_CALLS, RESPONSE_TERMINAL, ResponseItemState, ResponseState
 
 
 @dataclass(slots=True)
@@ -86,6 +86,12 @@ class ResponseTracker:
             body.get("background") if isinstance(body.get("background"), bool) else None,
             body.get("store") if isinstance(body.get("store"), bool) else None, at)
 
+    def continued_turn(self, request_id: str) -> str | None:
+        """The turn a create the upstream accepted goes on with, if runtap knows it (before its response)."""
+        request = self._requests.get(request_id)
+        turn = None if request is None or request.new_turn else self._continued(request)
+        return None if turn is None else turn.run.run_id
+
     def request_done(self, request_id: str) -> None:
         """Its exchange ended: what the request said is of no use to a response seen later."""
         self._requests.pop(request_id, None)
@@ -114,8 +120,7 @@ class ResponseTracker:
             state.delta_frames = []
             changed += self._ended(state, seen)
         changed.append(state)
-        changed.append(ModelCall(response_id, state.model, state.status in RESPONSE_TERMINAL, state.input_tokens,
-                                 state.output_tokens, state.total_tokens))
+        changed.append(model_call(state))
         changed += self._turn_changed(state, seen)
         return changed
 
@@ -160,6 +165,7 @@ class ResponseTracker:
         state.status, state.ended_at, state.last_seen_at = "truncated", seen.at, seen.at
         state.delta_frames = []
         changed.append(state)
+        changed.append(model_call(state))
         changed += self._turn_changed(state, seen)
         return changed
 
@@ -301,6 +307,21 @@ class ResponseTracker:
                 self._turns.pop(turn.run.run_id, None)
                 for call_id in turn.run.tool_calls:
                     self._calls.pop(call_id, None)
+
+
+def model_call(state: ResponseState) -> ModelCall:
+    """The response as budgets and spans see it (runs.ModelCall)."""
+    status = state.status
+    reason = None
+    if status == "completed":
+        reason = "tool_calls" if state.calls else "stop"
+    elif status == "incomplete":
+        reason = "length" if state.incomplete_reason == "max_output_tokens" else state.incomplete_reason
+    tools = tuple((row.item_id, row.type, row.added_at, row.done_at) for row in state.items.values()
+                  if row.type is not None and row.type not in CLIENT_CALLS and row.type in BUILTIN_TOOLS)
+    return ModelCall(state.response_id, state.model, status in RESPONSE_TERMINAL, state.input_tokens,
+                     state.output_tokens, state.total_tokens, status, state.cached_tokens, state.reasoning_tokens,
+                     reason, state.error_code, state.error_message, state.conversation_id, tools)
 
 
 def _merge(state: ResponseState, obj: dict[str, Any], seen: Seen) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 
 import openai
 import pytest
@@ -209,9 +210,30 @@ async def test_an_abandoned_run_ends_at_its_expiry_with_an_error(fake, client, s
     named = _named(spans)
     [agent] = named["invoke_agent"]
     assert agent.attributes[sc.ERROR_TYPE] == "abandoned" and agent.attributes["runtap.run.abandoned"] == "expires_at"
-    assert agent.end_time == run.expires_at * 10**9
+    # At its expiry on runtap's clock: the lifetime the upstream states, from when runtap saw it start.
+    assert agent.end_time == agent.start_time + (run.expires_at - run.created_at) * 10**9
     assert named["execute_tool get_current_weather"][0].attributes[sc.ERROR_TYPE] == "abandoned"
     assert not observer.open
+
+
+async def test_an_upstream_clock_in_runtaps_past_does_not_end_a_run_early(fake, client, spans, parts):
+    # The upstream's clock is two hours behind: its expires_at (ten minutes after its created_at)
+    # lies in runtap's past. The run is still open, and its tool span starts when runtap saw it.
+    fake.engine.clock = lambda: int(time.time()) - 7200
+    run = await _stream(client, fake, Script.tool_then_text(), tools=[WEATHER_TOOL])
+    assert run.status == "requires_action" and run.expires_at < time.time() - 3600
+    observer = parts.tracing.observer
+    observer.sweep()
+    assert list(observer.open) == [run.id] and spans.get_finished_spans() == ()
+    call = run.required_action.submit_tool_outputs.tool_calls[0]
+    async with client.beta.threads.runs.submit_tool_outputs_stream(
+            thread_id=run.thread_id, run_id=run.id, tool_outputs=[{"tool_call_id": call.id, "output": "18C"}]) as s:
+        await s.until_done()
+    named = _named(spans)
+    [agent], [tool] = named["invoke_agent"], named["execute_tool get_current_weather"]
+    assert agent.attributes["runtap.run.status"] == "completed" and sc.ERROR_TYPE not in agent.attributes
+    assert agent.start_time < tool.start_time < tool.end_time <= agent.end_time
+    assert agent.start_time > (time.time() - 60) * 1e9  # runtap's clock, not the upstream's
 
 
 @pytest.mark.parametrize("telemetry", [{"max_open_runs": 1}])
