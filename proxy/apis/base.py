@@ -47,6 +47,9 @@ class Route:
     creates_call: bool = False
     """The request creates one model call (a Responses create, a Chat completion): a charge and a
     `chat` span of its own, in a turn runtap stitches."""
+    socket: bool = False
+    """A WebSocket of the API (its Upgrade; relay/socket_tap.py records its messages), or a message
+    on one (its body cannot be rewritten: a compressed socket's later messages depend on it)."""
 
     @property
     def budgeted(self) -> bool:
@@ -91,6 +94,12 @@ class Api:
     def request_changes(self, ex: Exchange, store: RunStore, at: datetime) -> list[State]:
         """What the request changed, once the upstream accepted it (its status is below 300)."""
         return []
+
+    def socket_message(self, socket: Route, obj: dict[str, Any]) -> Route | None:
+        """The route of a client message on one of this API's sockets (`socket`: the Upgrade's
+        route) that the server answers with a stream of events, as if it were that request; None
+        for any other message (relayed, not recorded as a request)."""
+        return None
 
     stream_end: ClassVar[str | None] = None
     """What ends this API's streams when it is not `data: [DONE]` (named in a truncation's error)."""

@@ -248,7 +248,9 @@ class Budgets:
         if budget is not None:
             short = self.shortfall(key_id, budget, alias, need, usd, now)
             if short is not None:
-                clamped = self._clamp(key_id, budget, alias, body, model, now, limits) if budget.clamp else None
+                # A socket's message is relayed as it was framed (and compressed): never rewritten.
+                clamp = budget.clamp and not ex.route.socket
+                clamped = self._clamp(key_id, budget, alias, body, model, now, limits) if clamp else None
                 if clamped is None:
                     return refusal(short, now)
                 need, usd, ex.request_body = clamped

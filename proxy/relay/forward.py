@@ -88,6 +88,22 @@ class Forwarder:
         ex.traceparent = headers.get("traceparent")
         return ex, headers
 
+    @property
+    def tracker(self) -> RunStore:
+        return self._tracker
+
+    def admit(self, ex: Exchange, headers: Mapping[str, str]) -> web.Response | None:
+        """Budget admission of a budgeted request (a socket's create): None to relay it, else the refusal."""
+        return None if self._admit is None else self._admit(ex, headers)
+
+    def make_tap(self, ex: Exchange) -> Tap:
+        """A tap fed as frames arrive (a socket's: its frames come one by one, each already relayed)."""
+        return Tap(ex, self._tracker, self._observers, self._max_body, self._segment_s)
+
+    @property
+    def max_message(self) -> int:
+        return self._max_body
+
     def started(self, ex: Exchange) -> None:
         self._observers.exchange_started(ex)
 

@@ -3,8 +3,10 @@
 The request head goes upstream with its `Upgrade` and `Connection` headers (the handshake needs
 them); from then on bytes cross both ways unchanged, each direction under the other socket's
 back-pressure. The exchange is recorded with the upstream's status and ends when either side closes.
-Frames are not parsed here: recording WebSocket frames is the Responses API's WebSocket mode
-(issue #14), which will take the tunnel's bytes the way the tap takes a response's.
+Frames are not parsed here: for a route its API marks `socket` (the Responses WebSocket mode),
+runtap's copy of the bytes goes to a `SocketTap` (socket_tap.py), which records its messages; the
+client's bytes reach the upstream whole frame by whole frame, after it read them (budgets may
+refuse a create), the upstream's reach the client before it reads them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..exchange import Outcome
 from .heads import request_head
+from .socket_tap import SocketTap
 
 if TYPE_CHECKING:
     from ..exchange import Exchange
@@ -53,6 +56,7 @@ class Tunnel:
         self._status_seen = False
         self._forwarder: Forwarder | None = None
         self._ended = False
+        self._socket: SocketTap | None = None
 
     def start(self, forwarder: Forwarder) -> None:
         self._forwarder = forwarder
@@ -61,9 +65,11 @@ class Tunnel:
 
     async def _connect(self, forwarder: Forwarder) -> None:
         request = self.request
-        ex, _ = forwarder.begin(request)
+        ex, headers = forwarder.begin(request)
         self._ex = ex
         forwarder.started(ex)
+        if ex.route.socket and ex.route.api is not None:
+            self._socket = SocketTap(ex, headers, forwarder, forwarder.max_message)
         pool = forwarder.pool
         up = pool.upstream
         loop = asyncio.get_running_loop()
@@ -81,15 +87,20 @@ class Tunnel:
         self._up = side
         assert side.transport is not None
         side.transport.write(request_head(request.method, request.target, request.headers, up, None, upgrade=True))
-        for data in self._pending:
-            side.transport.write(data)
-        self._pending = []
+        pending, self._pending = self._pending, []
+        for data in pending:
+            self.from_client(data)
         self.client.resume_reading("tunnel-connect")
 
     def from_client(self, data: bytes) -> None:
         if self._up is None or self._up.transport is None:
             self._pending.append(data)
-        else:
+            return
+        socket = self._socket
+        if socket is not None:
+            data = socket.from_client(data)
+            self._write_own(socket)
+        if data:
             self._up.transport.write(data)
 
     def from_upstream(self, data: bytes) -> None:
@@ -100,6 +111,27 @@ class Tunnel:
         if self._ex is not None:
             self._ex.response_bytes += len(data)
         self.client.write(data)
+        socket = self._socket
+        if socket is not None:
+            own = socket.from_upstream(data)
+            if own:
+                self.client.write(own)
+                self._closing(socket)
+
+    def _write_own(self, socket: SocketTap) -> None:
+        """runtap's own frames (a budget refusal) to the client, if no upstream frame is half-way."""
+        own = socket.take_injected()
+        if own:
+            self.client.write(own)
+            self._closing(socket)
+
+    def _closing(self, socket: SocketTap) -> None:
+        if socket.close_after_inject and not socket.take_injected():
+            # The refused message cannot be left out of a compressed stream: the socket ends here.
+            if self._up is not None and self._up.transport is not None:
+                self._up.transport.close()
+            if self.client.transport is not None:
+                self.client.transport.close()
 
     def client_paused(self) -> None:
         if self._up is not None and self._up.transport is not None:
@@ -112,15 +144,22 @@ class Tunnel:
     def client_lost(self) -> None:
         if self._up is not None and self._up.transport is not None:
             self._up.transport.close()
-        self._end(Outcome.CLIENT_GONE if not self._ended else Outcome.COMPLETED)
+        clean = self._ended or (self._socket is not None and self._socket.closed_by is not None)
+        self._end(Outcome.COMPLETED if clean else Outcome.CLIENT_GONE)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.client.transport is not None:
             self.client.transport.close()
+        if exc is None and self._socket is not None and not self._socket.off and self._socket.closed_by is None:
+            # A WebSocket ends with a close frame; a connection closed without one broke off.
+            self._end(Outcome.TRUNCATED, "the upstream closed the socket without a close frame")
+            return
         self._end(Outcome.COMPLETED if exc is None else Outcome.TRUNCATED, None if exc is None else repr(exc))
 
     def _end(self, outcome: Outcome, error: str | None = None) -> None:
         if self._ended or self._ex is None or self._forwarder is None:
             return
         self._ended = True
+        if self._socket is not None:
+            self._socket.ended(outcome, error)
         self._forwarder.end(self._ex, outcome, error)

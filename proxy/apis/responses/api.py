@@ -14,7 +14,7 @@ import orjson
 
 from ...runs import Seen
 from ..base import Api, Route
-from .routes import RouteKind, classify
+from .routes import RouteKind, classify, socket_create
 from .states import RESPONSE_TERMINAL
 from .stitch import ResponseTracker
 
@@ -49,6 +49,11 @@ class ResponsesApi(Api):
     def classify(self, method: str, path: str) -> Route | None:
         route = classify(method, path, self)
         return None if route.api is None else route
+
+    def socket_message(self, socket: Route, obj: dict[str, Any]) -> Route | None:
+        # The WebSocket mode (protocol-responses.md §1): a `response.create` carries the create's
+        # fields and is answered with the same events an SSE stream carries, one frame each.
+        return socket_create(socket, self) if obj.get("type") == "response.create" else None
 
     def deltas(self, ex: Exchange, frames: bytes, store: RunStore) -> bool:
         tracker(store).deltas(ex.response_id, frames)

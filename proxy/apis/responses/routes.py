@@ -28,6 +28,8 @@ class RouteKind(StrEnum):
     INPUT_TOKENS = "count_input_tokens"
     COMPACT = "compact"
     CONVERSATIONS = "conversations"
+    SOCKET = "responses_socket"
+    """`GET /responses` with `Upgrade: websocket`: the WebSocket mode (`responses.connect()`)."""
 
 
 _ID = r"([^/]+)"
@@ -35,6 +37,7 @@ _TABLE: tuple[tuple[str, re.Pattern[str], RouteKind, str], ...] = tuple(
     (method, re.compile(pattern + r"/?$"), kind, template)
     for method, pattern, kind, template in (
         ("POST", r"/responses", RouteKind.CREATE, "/responses"),
+        ("GET", r"/responses", RouteKind.SOCKET, "/responses"),
         ("POST", r"/responses/input_tokens", RouteKind.INPUT_TOKENS, "/responses/input_tokens"),
         ("POST", r"/responses/compact", RouteKind.COMPACT, "/responses/compact"),
         ("POST", rf"/responses/{_ID}/cancel", RouteKind.CANCEL, "/responses/{response_id}/cancel"),
@@ -48,6 +51,16 @@ _TABLE: tuple[tuple[str, re.Pattern[str], RouteKind, str], ...] = tuple(
     )
 )
 _PREFIXES = ("/openai/v1", "/v1", "/openai")  # the longest first: /openai/v1/... is not /openai/{v1...}
+
+
+def socket_create(socket: Route, api: Api) -> Route:
+    """A `response.create` message on a socket of route `socket`: a create, recorded as `WS .../responses`."""
+    return _socket_create(socket.template, api)
+
+
+@lru_cache(maxsize=64)
+def _socket_create(template: str, api: Api) -> Route:
+    return Route(RouteKind.CREATE, "WS " + template.partition(" ")[2], api=api, creates_call=True, socket=True)
 
 
 def classify(method: str, path: str, api: Api | None = None) -> Route:
@@ -69,5 +82,5 @@ def _classify(method: str, path: str, api: Api | None) -> Route:
                 ids = match.groups()
                 response_id = ids[0] if ids and kind is not RouteKind.CONVERSATIONS else None
                 return Route(kind, f"{method} {prefix}{template}", response_id=response_id, api=api,
-                             creates_call=kind is RouteKind.CREATE)
+                             creates_call=kind is RouteKind.CREATE, socket=kind is RouteKind.SOCKET)
     return OTHER

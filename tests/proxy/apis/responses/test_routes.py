@@ -26,7 +26,10 @@ def test_every_responses_route_after_every_prefix() -> None:
 
 
 def test_other_paths_are_not_responses_routes() -> None:
-    assert classify("GET", "/v1/responses") is OTHER  # the WebSocket mode's upgrade is handed on whole
+    socket = classify("GET", "/v1/responses")  # the WebSocket mode's upgrade: recorded by relay/socket_tap.py
+    assert (socket.kind, socket.template, socket.socket, socket.budgeted) == (
+        "responses_socket", "GET /v1/responses", True, False)
+    assert classify("GET", "/openai/v1/responses").template == "GET /openai/v1/responses"
     assert classify("PUT", "/v1/responses/resp_1") is OTHER
     assert classify("POST", "/v2/responses") is OTHER
     assert classify("POST", "/v1/threads/runs").api is not API  # Assistants keep theirs
