@@ -891,6 +891,19 @@ def m006_responses(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m007_response_links(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue #14: each hop of a turn says how runtap linked it (protocol-responses.md section 11).
+    _run(
+        con,
+        "alter table responses add column link_kind varchar",
+        "comment on column responses.link_kind is"
+        " 'How the response joined its turn: previous_response_id, call_id (tool results for calls it saw asked"
+        " for), conversation (for calls it did not see, the conversation''s turn waiting for them), or none (it"
+        " began the turn).'",
+    )
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 

@@ -53,8 +53,9 @@ async def test_a_function_tool_loop_by_previous_response_id_is_one_turn_with_its
                                        tools=[WEATHER]) as s:
         second = await s.get_final_response()
     q = await recorded()
-    assert q("select response_id, run_id, previous_response_id, status from responses order by first_seen_at") == [
-        (first.id, first.id, None, "completed"), (second.id, first.id, first.id, "completed")]
+    assert q("select response_id, run_id, previous_response_id, status, link_kind from responses"
+             " order by first_seen_at") == [(first.id, first.id, None, "completed", "none"),
+                                            (second.id, first.id, first.id, "completed", "previous_response_id")]
     [run] = q("select run_id, api, status, tool_rounds, prompt_tokens, completion_tokens from runs")
     assert first.usage is not None and second.usage is not None
     completion = first.usage.output_tokens + second.usage.output_tokens

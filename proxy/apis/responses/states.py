@@ -37,6 +37,8 @@ class ResponseState:
     error_code: str | None = None
     error_message: str | None = None
     max_output_tokens: int | None = None
+    link_kind: str | None = None
+    """How the response joined its turn: previous_response_id, call_id, conversation, or none (it began it)."""
     trace_id: str | None = None
     request_id: str | None = None
     first_seen_at: datetime | None = None
@@ -71,7 +73,7 @@ RECORDED[ResponseState] = ("responses", (
     "response_id", "run_id", "previous_response_id", "conversation_id", "model", "status", "background", "store",
     "service_tier", "key_id", "created_at", "ended_at", "input_tokens", "cached_tokens", "cache_write_tokens",
     "output_tokens", "reasoning_tokens", "total_tokens", "incomplete_reason", "error_code", "error_message",
-    "max_output_tokens", "trace_id", "request_id", "first_seen_at", "last_seen_at",
+    "max_output_tokens", "trace_id", "request_id", "first_seen_at", "last_seen_at", "link_kind",
 ))
 RECORDED[ResponseItemState] = ("response_items", (
     "item_id", "response_id", "source", "output_index", "type", "status", "role", "call_id", "name", "arguments",

@@ -56,6 +56,7 @@ class ResponseTracker:
         self._calls: dict[str, str] = {}  # call_id (and function_call item id) -> turn id
         self._requests: dict[str, Request] = {}  # request_id -> its create request, until answered
         self._item_calls: dict[str, str] = {}  # a call item's id -> its call_id
+        self._conversations: OrderedDict[str, str] = OrderedDict()  # conversation id -> its latest turn
         self.ended_in: set[str] = set()
         """Exchanges that saw their response reach a terminal status (their stream ended cleanly)."""
 
@@ -89,7 +90,7 @@ class ResponseTracker:
     def continued_turn(self, request_id: str) -> str | None:
         """The turn a create the upstream accepted goes on with, if runtap knows it (before its response)."""
         request = self._requests.get(request_id)
-        turn = None if request is None or request.new_turn else self._continued(request)
+        turn = None if request is None or request.new_turn else self._continued(request)[0]
         return None if turn is None else turn.run.run_id
 
     def request_done(self, request_id: str) -> None:
@@ -181,28 +182,40 @@ class ResponseTracker:
         state.request_id = request_id
         state.max_output_tokens = request.max_output_tokens
         state.background, state.store = request.background, request.store
-        turn = None if request.new_turn else self._continued(request)
+        turn, state.link_kind = (None, "none") if request.new_turn else self._continued(request)
         if turn is None:
             turn = self._turns[response_id] = Turn(RunState(response_id, api="responses", key_id=seen.key_id,
                                                             trace_id=seen.trace_id, first_seen_at=seen.at))
         else:
             turn.run.tool_rounds += 1
+        if request.conversation_id:
+            self._conversations[request.conversation_id] = turn.run.run_id
+            self._conversations.move_to_end(request.conversation_id)
+            while len(self._conversations) > self._store.max_runs:
+                self._conversations.popitem(last=False)
         turn.responses[response_id] = state
         state.run_id = turn.run.run_id
         for index, item in request.results:
             changed += self._result(state, turn, index, item, request.at)
         return state
 
-    def _continued(self, request: Request) -> Turn | None:
+    def _continued(self, request: Request) -> tuple[Turn | None, str]:
+        """The turn a request of only tool results goes on with, and how it was found (link_kind)."""
         previous = self.responses.get(request.previous_response_id) if request.previous_response_id else None
         if previous is not None and previous.run_id in self._turns:
-            return self._turns[previous.run_id]
+            return self._turns[previous.run_id], "previous_response_id"
         for _, item in reversed(request.results):  # the newest round a stateless history replays
             call_id = _str(item.get("call_id")) or _str(item.get("approval_request_id"))
             turn_id = self._calls.get(call_id) if call_id else None
             if turn_id in self._turns:
-                return self._turns[turn_id]
-        return None
+                return self._turns[turn_id], "call_id"
+        # Tool results for calls runtap never saw asked for (its memory of them was evicted, or it
+        # restarted), in a conversation whose latest turn waits for its client's tools: that turn.
+        turn_id = self._conversations.get(request.conversation_id) if request.conversation_id else None
+        turn = self._turns.get(turn_id) if turn_id else None
+        if turn is not None and turn.run.status == "requires_action":
+            return turn, "conversation"
+        return None, "none"
 
     def _result(self, state: ResponseState, turn: Turn, index: int, item: dict[str, Any], at: datetime) -> list[State]:
         call_id = _str(item.get("call_id")) or _str(item.get("approval_request_id"))

@@ -133,7 +133,7 @@ def test_columns_are_the_contract() -> None:
             "store", "service_tier", "key_id", "created_at", "ended_at", "input_tokens", "cached_tokens",
             "cache_write_tokens", "output_tokens", "reasoning_tokens", "total_tokens", "incomplete_reason",
             "error_code", "error_message", "max_output_tokens", "trace_id", "request_id", "first_seen_at",
-            "last_seen_at",
+            "last_seen_at", "link_kind",
         ),
         "response_items": (
             "item_id", "response_id", "source", "output_index", "type", "status", "role", "call_id", "name",

@@ -58,6 +58,7 @@ def test_a_tool_loop_by_previous_response_id_is_one_turn_with_summed_usage() -> 
     assert items["resp_2/input/0"].source == "input" and items["resp_2/input/0"].call_id == "call_1"
     assert items["msg_1"].text == "Sunny."
     assert store.runs["resp_1"] is run
+    assert [tracker.responses[r].link_kind for r in ("resp_1", "resp_2")] == ["none", "previous_response_id"]
 
 
 def test_a_stateless_replay_continues_by_call_id_and_new_user_input_starts_a_turn() -> None:
@@ -76,6 +77,22 @@ def test_a_stateless_replay_continues_by_call_id_and_new_user_input_starts_a_tur
     tracker.request("rq4", {"input": [output("call_unknown")]}, T0)
     tracker.response(response("resp_4"), "rq4", seen("rq4"))
     assert tracker.responses["resp_4"].run_id == "resp_4"  # no link found: its own turn, never a guess
+    assert [tracker.responses[r].link_kind for r in ("resp_2", "resp_3", "resp_4")] == ["call_id", "none", "none"]
+
+
+def test_tool_results_for_calls_runtap_never_saw_continue_their_conversations_waiting_turn() -> None:
+    tracker = ResponseTracker(RunStore())
+    tracker.request("rq1", {"input": "weather?", "conversation": "conv_1"}, T0)
+    tracker.response(response("resp_1", output=[call("call_1")]), "rq1", seen("rq1"))
+    tracker._calls.clear()  # its memory of the calls is gone (evicted; or the call was asked elsewhere)
+    tracker.request("rq2", {"input": [output("call_1")], "conversation": {"id": "conv_1"}}, T0)
+    assert tracker.continued_turn("rq2") == "resp_1"
+    tracker.response(response("resp_2"), "rq2", seen("rq2"))
+    assert (tracker.responses["resp_2"].run_id, tracker.responses["resp_2"].link_kind) == ("resp_1", "conversation")
+    # The turn ended: results for unknown calls in the same conversation start a turn of their own.
+    tracker.request("rq3", {"input": [output("call_9")], "conversation": "conv_1"}, T0)
+    tracker.response(response("resp_3"), "rq3", seen("rq3"))
+    assert (tracker.responses["resp_3"].run_id, tracker.responses["resp_3"].link_kind) == ("resp_3", "none")
 
 
 def test_the_same_snapshot_twice_changes_nothing_twice() -> None:
