@@ -114,7 +114,7 @@ def make_app(
         max_queue_rows=settings.recorder.max_queue_rows,
         nice=settings.recorder.writer_nice,
     )
-    tracker = RunTracker(settings.recorder.max_tracked_runs)
+    tracker = RunTracker(settings.recorder.max_tracked_runs, settings.recorder.abandoned_turn_s)
     budgets = BudgetService(settings, tracker, writer, lambda: parts.session)
     registry, metrics = make_registry(writer, tracker, key_alias=budgets.alias,
                                       max_tracked=settings.recorder.max_tracked_runs)

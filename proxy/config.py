@@ -116,6 +116,12 @@ class RecorderSettings(_Section):
     max_tracked_runs: int = Field(
         50_000, gt=0, le=10_000_000, description="Runs whose state is kept in memory (least recent evicted)."
     )
+    abandoned_turn_s: float = Field(
+        3600.0, gt=0, le=30 * 86400,
+        description="A Responses or Chat turn left open (waiting for its client's tool outputs, or a background "
+        "response nobody polls) this long since runtap last saw it is ended with status abandoned, at the next "
+        "create of that API runtap relays.",
+    )
     duckdb_memory_limit: str = Field(
         "256MB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$",
         description="DuckDB's buffer pool in the proxy (its default is 80% of RAM, and the pool only grows); "

@@ -44,7 +44,8 @@ _MESSAGE_COLUMNS = (
     "completed_at", "incomplete_reason",
 )
 
-RUN_TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled", "expired"})
+RUN_TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled", "expired", "abandoned"})
+"""`abandoned`: a Responses or Chat turn left open past `RunStore.abandon_after_s` (no Assistants run has it)."""
 STEP_TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
 
 
@@ -214,6 +215,42 @@ RECORDED.update({
 })
 
 
+class OpenTurns:
+    """An API's turns not ended yet, least recently seen first (apis/responses and apis/chat).
+
+    A turn waits for its client between responses (its tool outputs), and a client that gives up
+    never says so: a turn idle for `RunStore.abandon_after_s` is ended `abandoned`, its `ended_at`
+    the last time runtap saw it. `sweep` is O(1) when none is due; the API calls it as creates come.
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+        self._seen: OrderedDict[str, tuple[RunState, datetime]] = OrderedDict()
+
+    def touch(self, run: RunState, at: datetime) -> None:
+        if run.status in RUN_TERMINAL or run.status == "truncated":
+            self._seen.pop(run.run_id, None)
+            return
+        self._seen[run.run_id] = (run, at)
+        self._seen.move_to_end(run.run_id)
+        if len(self._seen) > self._store.max_runs:
+            self._seen.popitem(last=False)  # forgotten with the oldest tracked runs
+
+    def sweep(self, now: datetime) -> list[State]:
+        """The turns idle past the limit, ended `abandoned` now."""
+        ended: list[State] = []
+        idle_s = self._store.abandon_after_s
+        while self._seen:
+            run, at = next(iter(self._seen.values()))
+            if (now - at).total_seconds() < idle_s:
+                break
+            self._seen.popitem(last=False)
+            if run.status not in RUN_TERMINAL:
+                run.status, run.ended_at = "abandoned", at
+                ended.append(run)
+        return ended
+
+
 @dataclass(slots=True)
 class Seen:
     """Who saw an object and when: the exchange's request id, key and trace, and the time."""
@@ -227,8 +264,10 @@ class Seen:
 class RunStore:
     """Every tracked run and its steps, calls and messages, found by id."""
 
-    def __init__(self, max_runs: int = 50_000) -> None:
+    def __init__(self, max_runs: int = 50_000, abandon_after_s: float = 3600.0) -> None:
         self.max_runs = max_runs
+        self.abandon_after_s = abandon_after_s
+        """An API's turn left open this long since last seen is ended `abandoned` (apis/*/stitch.py)."""
         self.runs: OrderedDict[str, RunState] = OrderedDict()
         self._steps: dict[str, StepState] = {}
         self._messages: dict[str, MessageState] = {}

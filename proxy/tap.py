@@ -297,7 +297,8 @@ class Tap:
 
     def _deliver(self, event: RunEvent) -> None:
         ex = self.ex
-        for state in event.changes:
+        for state in event.changes if event.source != "request" else ():
+            # (What a request changed may be other runs': turns it found abandoned, apis/*/stitch.py.)
             if isinstance(state, RunState):
                 ex.run_id = ex.run_id or state.run_id
                 ex.thread_id = ex.thread_id or state.thread_id

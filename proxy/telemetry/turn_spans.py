@@ -158,6 +158,8 @@ class TurnTracing(Observer):
     def _on_turn(self, ex: Exchange, run: RunState, event: RunEvent) -> None:
         turn = self.open.get(run.run_id)
         if turn is None:
+            if event.source == "request":
+                return  # another turn a request found abandoned: not the one this exchange starts
             call = self._creating.get(ex.request_id)
             if call is None or call.turn.run_id not in (None, run.run_id) or run.run_id in self._closed:
                 return  # a turn this exchange did not start, or one already ended

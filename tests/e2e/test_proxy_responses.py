@@ -148,3 +148,39 @@ async def test_run_and_token_metrics_count_every_turn_once_streamed_or_not(fake,
     text = generate_latest(parts.registry).decode()
     assert f'runtap_runs_total{{model="{first.model}",status="completed"}} 2.0' in text
     assert f'runtap_tokens_total{{key_alias="other",model="{first.model}",type="input"}} 12.0' in text
+
+
+async def test_a_turn_left_waiting_for_its_tool_outputs_ends_abandoned_at_a_later_create(serve_proxy, fake,
+                                                                                          tmp_path, upstream):
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    from proxy.app import PARTS, make_app
+    from proxy.config import Settings
+    from tests.conftest import RAW_KEY
+
+    settings = Settings.model_validate({
+        "server": {"upstream": str(upstream.make_url("")).rstrip("/")},
+        "recorder": {"db": str(tmp_path / "runtap.duckdb"), "batch_interval_ms": 5, "abandoned_turn_s": 0.3},
+    })
+    server = await serve_proxy(make_app(settings))
+    fake.enqueue_response(ResponseScript.function_call("get_weather", {"city": "Rome"}))
+    fake.enqueue_response(ResponseScript.text("Something else."))
+    async with AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as client:
+        waiting = await client.responses.create(model="gpt-4o", input="Rome?", tools=[WEATHER])
+        await asyncio.sleep(0.4)  # the client never sends the tool output
+        other = await client.responses.create(model="gpt-4o", input="A new question")
+    parts = server.app[PARTS]
+    await parts.flush()
+    with parts.writer.cursor() as cur:
+        rows = cur.execute("select run_id, status, ended_at is not null from runs order by first_seen_at").fetchall()
+        [(ended_at, last_seen)] = cur.execute("select r.ended_at, s.last_seen_at from runs r join responses s"
+                                              " on s.run_id = r.run_id where r.run_id = ?", [waiting.id]).fetchall()
+        [(other_run,)] = cur.execute("select run_id from requests where response_id = ?", [other.id]).fetchall()
+    assert rows == [(waiting.id, "abandoned", True), (other.id, "completed", True)]
+    assert ended_at == last_seen  # ended when runtap last saw it, not when it gave up on it
+    assert other_run == other.id  # the create that found it abandoned is not mistaken for it
+    counted = {s.labels["status"]: s.value for m in parts.registry.collect() if m.name == "runtap_runs"
+               for s in m.samples if s.name == "runtap_runs_total"}
+    assert counted == {"abandoned": 1, "completed": 1}  # turns by how they ended

@@ -45,10 +45,11 @@ class ChatApi(Api):
         return changed
 
     def request_changes(self, ex: Exchange, store: RunStore, at: datetime) -> list[State]:
+        chats = tracker(store)
         if ex.request_json is not None:
-            turn = tracker(store).request(ex.request_id, ex.request_json, at)
+            turn = chats.request(ex.request_id, ex.request_json, at)
             ex.run_id = ex.run_id or turn  # known before the completion: its spans go in the turn's trace
-        return []
+        return chats.open_turns.sweep(at)
 
     def exchange_ended(self, ex: Exchange, store: RunStore, at: datetime, outcome: Outcome) -> list[State]:
         from ...exchange import Outcome as Outcomes  # at call time: proxy.exchange imports apis.base

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ...runs import MessageState, ModelCall, RunState, RunStore, Seen, State, ToolCallState
+from ...runs import MessageState, ModelCall, OpenTurns, RunState, RunStore, Seen, State, ToolCallState
 
 _STATUS = {"stop": "completed", "tool_calls": "requires_action", "function_call": "requires_action",
            "length": "incomplete", "content_filter": "incomplete"}
@@ -53,6 +53,7 @@ class ChatTracker:
         self._requests: dict[str, tuple[list[tuple[str, str | None]], datetime]] = {}
         self._open: dict[str, Completion] = {}
         self._completions: dict[str, str] = {}  # completion id -> its turn (as long as the turn is kept)
+        self.open_turns = OpenTurns(store)
 
     def request(self, request_id: str, body: dict[str, Any], at: datetime) -> str | None:
         """A create the upstream accepted: the tool results its messages end with, if any. Returns
@@ -178,6 +179,7 @@ class ChatTracker:
                                reason == "truncated" else "completed", snapshot_text="".join(completion.content),
                                completed_at=seen.at if reason is not None else None)
         self._store.adopt(run)
+        self.open_turns.touch(run, seen.at)
         usage = completion.usage or (None, None, None)
         status = None if not final else "truncated" if reason == "truncated" else \
             "incomplete" if reason in _REASON else "completed"

@@ -86,6 +86,7 @@ class ResponsesApi(Api):
             responses.request(ex.request_id, ex.request_json, at)
             # Known before the response: its spans go in the turn's trace, its rows carry it.
             ex.run_id = ex.run_id or responses.continued_turn(ex.request_id)
+            return responses.open_turns.sweep(at)
         elif ex.response_id is not None:  # a poll, resume or cancel of a response runtap knows
             state = responses.responses.get(ex.response_id)
             if state is not None and state.run_id is not None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ...runs import RUN_TERMINAL, ModelCall, RunState, RunStore, Seen, State, ToolCallState
+from ...runs import RUN_TERMINAL, ModelCall, OpenTurns, RunState, RunStore, Seen, State, ToolCallState
 from .states import BUILTIN_TOOLS, CLIENT_CALLS, RESPONSE_TERMINAL, ResponseItemState, ResponseState
 
 
@@ -57,6 +57,7 @@ class ResponseTracker:
         self._requests: dict[str, Request] = {}  # request_id -> its create request, until answered
         self._item_calls: dict[str, str] = {}  # a call item's id -> its call_id
         self._conversations: OrderedDict[str, str] = OrderedDict()  # conversation id -> its latest turn
+        self.open_turns = OpenTurns(store)
         self.ended_in: set[str] = set()
         """Exchanges that saw their response reach a terminal status (their stream ended cleanly)."""
 
@@ -304,6 +305,7 @@ class ResponseTracker:
         run.last_error_code, run.last_error_message = latest.error_code, latest.error_message
         run.ended_at = latest.ended_at if status in RUN_TERMINAL or status == "truncated" else None
         self._store.adopt(run)
+        self.open_turns.touch(run, seen.at)
         return [run]
 
     def _answered(self, turn: Turn) -> set[str]:
