@@ -122,6 +122,8 @@ class MetricsObserver(Observer):
         self._models, self._reasons, self._tools = LabelCap(label_cap), LabelCap(label_cap), LabelCap(label_cap)
         self._counted = _Once(3 * max_tracked)
         """Run, step and tool-call ids already counted (their prefixes keep them apart)."""
+        self._waited = _Once(max_tracked)
+        """Tool calls whose client time was observed (a later snapshot carries it again)."""
         self._live = _Once(max_tracked)
         """Runs seen before their end. Only these are counted: a run first met already finished (a
         listing after a restart, a run made by another client) ended before this process watched."""
@@ -153,8 +155,9 @@ class MetricsObserver(Observer):
         self.tool_calls = LoopCounter("runtap_tool_calls", "Tool calls the model made, by tool type.", ["type"],
                                   registry=r)
         self.tool_client_time = LoopHistogram(
-            "runtap_tool_call_client_seconds", "Client tool time of function calls: from requires_action to the "
-            "submit_tool_outputs request that answered them.", ["name"], registry=r, buckets=sc.DURATION_BUCKETS)
+            "runtap_tool_call_client_seconds", "Client tool time of function calls: from requires_action (the end "
+            "of the response or completion that asked) to the request that answered them.", ["name"], registry=r,
+            buckets=sc.DURATION_BUCKETS)
         self.tokens = LoopCounter("runtap_tokens", "Tokens of finished runs (their final usage, counted once).",
                               ["type", "model", "key_alias"], registry=r)
         self.token_usage = LoopHistogram(
@@ -273,7 +276,9 @@ class MetricsObserver(Observer):
     def _tool_call(self, call: ToolCallState, event: RunEvent) -> None:
         if call.type is not None and self._counted.first(call.tool_call_id):
             self.tool_calls.inc((call.type,))
-        if event.source == "request" and call.requested_at is not None:
+        # Assistants: the submit_tool_outputs request sets submitted_at; Responses and Chat: the next
+        # create, seen with its response. Either way once per call.
+        if call.requested_at is not None and call.submitted_at is not None and self._waited.first(call.tool_call_id):
             waited = _seconds(call.requested_at, call.submitted_at)
             if waited is not None:
                 self.tool_client_time.observe((self._tools(call.name),), waited)

@@ -184,3 +184,14 @@ async def test_a_turn_left_waiting_for_its_tool_outputs_ends_abandoned_at_a_late
     counted = {s.labels["status"]: s.value for m in parts.registry.collect() if m.name == "runtap_runs"
                for s in m.samples if s.name == "runtap_runs_total"}
     assert counted == {"abandoned": 1, "completed": 1}  # turns by how they ended
+
+
+async def test_the_clients_tool_time_of_a_turn_is_observed_once_per_call(fake, client, parts):
+    fake.enqueue_response(ResponseScript.function_call("get_weather", {"city": "Oslo"}))
+    fake.enqueue_response(ResponseScript.text("Cold."))
+    first = await client.responses.create(model="gpt-4o", input="Oslo?", tools=[WEATHER])
+    [call] = first.output
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "-3C"}  # type: ignore[union-attr]
+    second = await client.responses.create(model="gpt-4o", previous_response_id=first.id, input=[output])
+    await client.responses.retrieve(second.id)  # a later snapshot of the call observes nothing again
+    assert parts.registry.get_sample_value("runtap_tool_call_client_seconds_count", {"name": "get_weather"}) == 1
