@@ -38,8 +38,8 @@ def queries(board: dict[str, Any]) -> list[str]:
     return [target["expr"] for panel in panels(board) for target in panel.get("targets", ())]
 
 
-def test_there_are_an_overview_and_a_runs_dashboard():
-    assert {p.name for p in BOARDS} == {"overview.json", "runs.json"}
+def test_there_are_an_overview_a_runs_and_a_responses_dashboard():
+    assert {p.name for p in BOARDS} == {"overview.json", "responses.json", "runs.json"}
 
 
 @pytest.mark.parametrize("path", BOARDS, ids=lambda p: p.name)

@@ -32,7 +32,7 @@ from prometheus_client.exposition import choose_encoder
 
 from ..exchange import Deltas, Exchange, RunEvent
 from ..observers import Observer
-from ..runs import STEP_TERMINAL, RunState, RunStore, StepState, ToolCallState
+from ..runs import STEP_TERMINAL, ModelCall, RunState, RunStore, StepState, ToolCallState
 from ..tap import Tap
 from . import semconv as sc
 from .instruments import LoopCounter, LoopHistogram
@@ -170,6 +170,11 @@ class MetricsObserver(Observer):
                                   "error_type"], registry=r, buckets=sc.DURATION_BUCKETS)
         self.observer_errors = LoopCounter("runtap_observer_errors", "Observer hooks that raised (the stream went on).",
                                        ["observer", "hook"], registry=r)
+        self.turns = LoopCounter("runtap_turns", "Responses and Chat turns (a user request to its final answer), "
+                                 "counted once at their end, by how they ended.", ["api", "status"], registry=r)
+        self.model_calls = LoopCounter(
+            "runtap_model_calls", "Responses API responses and Chat completions, counted once at their end, by "
+            "their own final status.", ["api", "status"], registry=r)
 
     # -- the error series ------------------------------------------------------------------------
     def watch_observers(self, names: Iterable[str]) -> None:
@@ -207,9 +212,11 @@ class MetricsObserver(Observer):
                     self._run_ended(ex, state, event.received_at)
             elif kind is StepState:
                 if state.status in STEP_TERMINAL and state.run_id in live and self._counted.first(state.step_id):
-                    self._step_ended(ex, state, event.received_at)
+                    self._step_ended(ex, state, event.received_at, event.source == "sse")
             elif kind is ToolCallState and state.run_id in live:
                 self._tool_call(state, event)
+            elif kind is ModelCall and state.final and self._counted.first("call:" + state.call_id):
+                self._model_call_ended(ex, state, event.received_at)
 
     def exchange_finished(self, ex: Exchange) -> None:
         self._first_chunk.pop(ex.request_id, None)
@@ -245,6 +252,8 @@ class MetricsObserver(Observer):
             self.end_reasons.inc((status, reason))
             if status in _ERROR_STATUSES:
                 error = reason if status == "failed" else status
+        if run.api != "assistants":
+            self.turns.inc((run.api, status))
         alias = self._key_alias(run.key_id)
         for token_type, count in ((sc.TOKEN_INPUT, run.prompt_tokens), (sc.TOKEN_OUTPUT, run.completion_tokens)):
             if count is not None:
@@ -254,7 +263,28 @@ class MetricsObserver(Observer):
         if duration is not None:
             self.duration.observe((sc.OP_INVOKE_AGENT, provider, model, error), duration)
 
-    def _step_ended(self, ex: Exchange, step: StepState, at: datetime) -> None:
+    def _model_call_ended(self, ex: Exchange, call: ModelCall, at: datetime) -> None:
+        """A response or completion ended: its status, its cached and reasoning tokens (parts of the
+        turn's input and output, counted when the turn ends), its tokens and duration as a `chat`
+        operation (timed when the exchange that created it saw it end: runtap's clock throughout)."""
+        api = ex.route.api.name if ex.route.api is not None else UNKNOWN
+        self.model_calls.inc((api, call.status or UNKNOWN))
+        model = self._models(call.model)
+        provider = sc.provider_for_path(ex.path)
+        alias = self._key_alias(ex.key_id)
+        for token_type, count in ((sc.TOKEN_CACHED, call.cached_tokens), (sc.TOKEN_REASONING, call.reasoning_tokens)):
+            if count:
+                self.tokens.inc((token_type, model, alias), count)
+        for token_type, count in ((sc.TOKEN_INPUT, call.input_tokens), (sc.TOKEN_OUTPUT, call.output_tokens)):
+            if count is not None:
+                self.token_usage.observe((token_type, sc.OP_CHAT, model, provider), count)
+        if ex.route.creates_call:
+            duration = _seconds(ex.started_at, at)
+            if duration is not None:
+                error = self._reasons(call.error_code or "failed") if call.status == "failed" else ""
+                self.duration.observe((sc.OP_CHAT, provider, model, error), duration)
+
+    def _step_ended(self, ex: Exchange, step: StepState, at: datetime, streamed: bool) -> None:
         status = step.status or UNKNOWN
         self.steps.inc((step.type or UNKNOWN, status))
         run = self._tracker.runs.get(step.run_id) if self._tracker is not None and step.run_id else None
@@ -263,12 +293,11 @@ class MetricsObserver(Observer):
         for token_type, count in ((sc.TOKEN_INPUT, step.prompt_tokens), (sc.TOKEN_OUTPUT, step.completion_tokens)):
             if count is not None:
                 self.token_usage.observe((token_type, sc.OP_CHAT, model, provider), count)
-        # A step first seen already ended (a steps listing after the run) has only the upstream's
-        # whole-second timestamps; one watched live has the times runtap saw it start and end.
-        if step.first_seen_at is not None and step.first_seen_at < at:
-            duration = _seconds(step.first_seen_at, at)
-        else:
-            duration = _seconds(step.created_at, step.ended_at)
+        # Timed only when watched live, from when runtap saw it start to its end (a stream's step
+        # may start and end in one chunk: 0 s as relayed): a step first seen already ended (a
+        # steps listing after the run) has only the upstream's timestamps, data, never durations.
+        live = step.first_seen_at is not None and (streamed or step.first_seen_at < at)
+        duration = _seconds(step.first_seen_at, at) if live else None
         if duration is not None:
             error = self._reasons(step.last_error_code or status) if status in ("failed", "expired") else ""
             self.duration.observe((sc.OP_CHAT, provider, model, error), duration)

@@ -58,6 +58,10 @@ PROVIDER_AZURE_OPENAI = "azure.ai.openai"
 """Not `azure.openai` (protocol.md §7.2)."""
 TOKEN_INPUT = "input"
 TOKEN_OUTPUT = "output"
+TOKEN_CACHED = "cached"
+"""runtap_tokens_total only: cached input tokens (a part of `input`); not a semconv token type."""
+TOKEN_REASONING = "reasoning"
+"""runtap_tokens_total only: reasoning output tokens (a part of `output`)."""
 ERROR_OTHER = "_OTHER"
 TOOL_TYPES = {"function": "function", "code_interpreter": "extension", "file_search": "datastore"}
 """Assistants tool type → `gen_ai.tool.type`: function tools run on the client, the built-ins on

@@ -274,6 +274,8 @@ class TurnTracing(Observer):
                 call.span.attributes[sc.GEN_AI_RESPONSE_ID] = state.call_id
                 call.turn.calls[state.call_id] = call.span
                 self._calls[state.call_id] = call
+            elif call.span.end_ns:
+                return  # ended already: a later look at it (a Chat exchange's end after its usage chunk)
         attributes = call.span.attributes
         if state.model:
             attributes[sc.GEN_AI_RESPONSE_MODEL] = state.model

@@ -42,8 +42,10 @@ from proxy.admin.listener import make_admin_app
 from proxy.config import Settings
 from proxy.telemetry import tracing as tracing_module
 from proxy.telemetry.otlp_http import OtlpHttpExporter
+from proxy.testing.responses_scripts import ChatScript, Reasoning, ResponseScript
 from proxy.testing.scripts import Outcome, Script
 from tests.conftest import KEY_ID, RAW_KEY
+from tests.e2e.test_proxy_responses import WEATHER
 from tests.e2e.test_proxy_sdk import WEATHER_TOOL, _tool_conversation
 
 DASHBOARDS = Path(__file__).parents[2] / "dashboards"
@@ -188,13 +190,26 @@ async def _drive(client, fake, proxy) -> None:
         fake.enqueue(Script.text("partial").ending(ending))
         async with client.beta.threads.create_and_run_stream(assistant_id="asst_abc") as stream:
             await stream.until_done()
+    # A Responses tool turn (its answer streamed, with reasoning and cached tokens) and a Chat stream.
+    fake.enqueue_response(ResponseScript.function_call("get_weather", {"city": "Oslo"}, input_tokens=40))
+    fake.enqueue_response(ResponseScript.of(Reasoning(reasoning_tokens=12), *ResponseScript.text("Cold.").items,
+                                            input_tokens=90, cached_tokens=32))
+    first = await client.responses.create(model="gpt-4o", input="Oslo?", tools=[WEATHER])
+    output = {"type": "function_call_output", "call_id": first.output[0].call_id, "output": "-3C"}  # type: ignore[union-attr]
+    async with client.responses.stream(model="gpt-4o", previous_response_id=first.id, input=[output]) as s:
+        await s.get_final_response()
+    fake.enqueue_chat(ChatScript(text="Hello there."))
+    async for _ in await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}],
+                                                        stream=True, stream_options={"include_usage": True}):
+        pass
     with pytest.raises(openai.NotFoundError):
         await client.beta.threads.runs.retrieve(thread_id="thread_nope", run_id="run_nope")
     with pytest.raises(openai.APIStatusError):
         await client.beta.threads.create(metadata={"big": "x" * 500}, extra_body={"pad": "y" * 70_000})
 
 
-RUNS_PER_BATCH = 5
+RUNS_PER_BATCH = 7
+"""Five Assistants runs and two turns (Responses, Chat)."""
 
 
 def _dashboard_queries() -> list[tuple[str, str, str]]:
@@ -236,9 +251,11 @@ async def test_prometheus_scrapes_metrics_and_every_dashboard_query_returns_data
         q = await recorded()
         [(prompt, completion)] = q("select sum(prompt_tokens), sum(completion_tokens) from runs")
         assert q("select count(*) from runs") == [(2 * RUNS_PER_BATCH,)]
+        [(cached, reasoning)] = q("select sum(cached_tokens), sum(reasoning_tokens) from responses")
         tokens = {r["metric"]["type"]: float(r["value"][1])
                   for r in await _query(session, prometheus, "sum by (type) (runtap_tokens_total)")}
-        assert tokens == {"input": prompt, "output": completion}
+        assert tokens == {"input": prompt, "output": completion, "cached": cached, "reasoning": reasoning}
+        assert (cached, reasoning) == (2 * 32, 2 * 12)
 
         empty = []
         for board, title, expr in _dashboard_queries():

@@ -170,7 +170,10 @@ class ChatTracker:
             setattr(run, name, sum(values) if values else None)
         reason = completion.finish_reason
         run.model = completion.model or run.model
-        run.status = "truncated" if reason == "truncated" else _STATUS.get(reason or "", run.status)
+        status = "truncated" if reason == "truncated" else _STATUS.get(reason or "", run.status)
+        if status in ("completed", "incomplete") and not final:
+            status = "in_progress"  # its usage chunk may follow the finish reason: the turn ends with it
+        run.status = status
         run.incomplete_reason = _REASON.get(reason or "")
         run.last_seen_at = seen.at
         run.ended_at = seen.at if run.status in ("completed", "incomplete", "truncated") else None
