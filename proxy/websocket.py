@@ -1,12 +1,12 @@
 """WebSocket frames (RFC 6455) and permessage-deflate (RFC 7692) as the tunnel relays them: sans-io.
 
-The tunnel (relay/tunnel.py) writes every byte on as it comes; runtap's copy goes through a
-`MessageReader` per direction, which yields whole messages (fragments joined, unmasked,
-inflated). It never changes what is relayed: a frame runtap cannot read (a bad length, a
-message over the limit, a broken deflate stream) costs the recording of that message, never the
-socket. Client frames are read before they are relayed, so budgets can refuse a
-`response.create` (socket_tap.py); `frame_end` says where each complete frame ends, so the
-relay forwards whole frames.
+The tunnel (relay/tunnel.py) writes the upstream's bytes on as they come; runtap's copy goes through
+a `FrameReader` (whole frames, unmasked) and a `Messages` (fragments joined, inflated) per
+direction. Client frames are read before they are relayed, so budgets can refuse a
+`response.create` (socket_tap.py): each frame comes with its exact bytes to relay. Memory is
+bounded: a frame whose payload would take its message past `max_message` is skipped as it
+arrives, never held (its message is then unreadable, `payload` None). Nothing here changes what is
+relayed; a frame runtap cannot follow (a reserved length) stops the reading (`broken`).
 """
 
 from __future__ import annotations
@@ -19,15 +19,27 @@ _DEFLATE_TAIL = b"\x00\x00\xff\xff"
 
 
 @dataclass(frozen=True, slots=True)
+class Frame:
+    opcode: int
+    fin: bool
+    compressed: bool
+    """RSV1: the first frame of a permessage-deflate message."""
+    payload: bytes | None
+    """Unmasked; None when skipped (its message would pass the limit)."""
+    raw: bytes | None
+    """The frame's exact bytes, when the reader keeps them (`keep_raw`); of a skipped frame, the
+    piece that just arrived (never held)."""
+    partial: bool = False
+    """A piece of a skipped frame, not its end: only the last piece (False) stands for the frame."""
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     opcode: int
-    """TEXT, BINARY, CLOSE, PING or PONG (a fragmented message has its first frame's)."""
+    """TEXT or BINARY (a fragmented message has its first frame's), or a control opcode."""
     payload: bytes | None
-    """Unmasked and inflated; None when it could not be read (over the limit, a broken deflate)."""
-    start: int
-    """Where its first frame begins in the direction's stream (bytes fed since the start)."""
-    end: int
-    """Where its last frame ends."""
+    """Joined and inflated; None when it could not be read (over the limit, a broken deflate)."""
+    compressed: bool
 
 
 def deflate_of(extensions: str | None) -> tuple[bool, bool]:
@@ -40,44 +52,50 @@ def deflate_of(extensions: str | None) -> tuple[bool, bool]:
     return False, False
 
 
-class MessageReader:
-    """One direction's frames → messages. `masked`: client frames (each masked, RFC 6455 §5.3)."""
+class FrameReader:
+    """One direction's bytes → whole frames. `masked`: client frames (each masked, RFC 6455 §5.3)."""
 
-    def __init__(self, *, masked: bool, max_message: int, deflate: bool = False) -> None:
+    def __init__(self, *, masked: bool, max_message: int, keep_raw: bool = False) -> None:
         self.masked = masked
         self.max_message = max_message
-        self.deflate = deflate
-        self._inflate = zlib.decompressobj(-15) if deflate else None
-        self._buffer = b""
-        self._consumed = 0
-        """Bytes of the stream before `_buffer`."""
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._opcode = 0
-        self._compressed = False
-        self._overflow = False
-        self._start = 0
+        self.keep_raw = keep_raw
+        self._buffer = bytearray()
+        self._skip = 0
+        """Payload bytes of a skipped frame still to come (dropped as they arrive)."""
+        self._skipped: tuple[int, bool, bool] | None = None
+        self._message_size = 0
         self.broken = False
-        """The framing could not be followed (a reserved length, a frame over 2**63): nothing more is read."""
+        """The framing could not be followed: nothing more is read."""
 
     @property
     def at_boundary(self) -> bool:
-        """No frame is half-way: what was fed ends at a frame's end."""
-        return not self._buffer
+        """No frame is half-way."""
+        return not self._buffer and not self._skip
 
-    def feed(self, data: bytes) -> list[Message]:
+    def take_buffered(self) -> bytes:
+        """The bytes of a frame not whole yet, handed back (the reading stops: they are relayed raw)."""
+        out = bytes(self._buffer)
+        self._buffer.clear()
+        self.broken = True
+        return out
+
+    def feed(self, data: bytes) -> list[Frame]:
         if self.broken:
             return []
-        buffer = self._buffer + data if self._buffer else data
-        messages: list[Message] = []
-        at = 0
-        n = len(buffer)
-        while True:
-            if n - at < 2:
-                break
+        frames: list[Frame] = []
+        if self._skip:
+            used = min(self._skip, len(data))
+            self._skip -= used
+            piece, data = data[:used], data[used:]
+            frames.append(self._skipped_frame(piece if self.keep_raw else None, partial=bool(self._skip)))
+            if self._skip:
+                return frames
+        buffer = self._buffer
+        buffer += data  # amortised O(1): a large frame in many reads is read in O(its size)
+        at, n = 0, len(buffer)
+        while n - at >= 2:
             b0, b1 = buffer[at], buffer[at + 1]
-            length = b1 & 0x7F
-            head = 2
+            length, head = b1 & 0x7F, 2
             if length == 126:
                 if n - at < 4:
                     break
@@ -88,55 +106,92 @@ class MessageReader:
                 length, head = int.from_bytes(buffer[at + 2:at + 10]), 10
                 if length >> 63:
                     self.broken = True
-                    return messages
+                    break
             masked = bool(b1 & 0x80)
             if masked:
                 head += 4
+            if n - at < head:
+                break
+            opcode, fin, compressed = b0 & 0x0F, bool(b0 & 0x80), bool(b0 & 0x40)
+            if opcode < 8 and self._message_size + length > self.max_message:
+                # Too big to hold: its payload is passed on in pieces as it comes, never buffered.
+                available = min(length, n - at - head)
+                piece = bytes(buffer[at:at + head + available]) if self.keep_raw else None
+                at += head + available
+                self._message_size = 0 if fin else self._message_size + length
+                if available < length:
+                    self._skip, self._skipped = length - available, (opcode, fin, compressed)
+                    frames.append(Frame(opcode, fin, compressed, None, piece, partial=True))
+                    break
+                frames.append(Frame(opcode, fin, compressed, None, piece))
+                continue
             if n - at < head + length:
                 break
-            payload = buffer[at + head:at + head + length]
+            payload = bytes(buffer[at + head:at + head + length])
             if masked:
-                payload = _unmask(payload, buffer[at + head - 4:at + head])
-            start = self._consumed + at
+                payload = _unmask(payload, bytes(buffer[at + head - 4:at + head]))
+            raw = bytes(buffer[at:at + head + length]) if self.keep_raw else None
             at += head + length
-            message = self._frame(b0, payload, start, self._consumed + at)
-            if message is not None:
-                messages.append(message)
-        self._consumed += at
-        self._buffer = buffer[at:]
-        return messages
+            if opcode < 8:
+                self._message_size = 0 if fin else self._message_size + length
+            frames.append(Frame(opcode, fin, compressed, payload, raw))
+        del buffer[:at]
+        return frames
 
-    def _frame(self, b0: int, payload: bytes, start: int, end: int) -> Message | None:
-        opcode, fin = b0 & 0x0F, bool(b0 & 0x80)
-        if opcode >= 8:  # control frames are never fragmented and never compressed
-            return Message(opcode, payload, start, end)
-        if opcode != CONTINUATION:
-            self._opcode, self._compressed = opcode, bool(b0 & 0x40) and self.deflate
-            self._parts, self._size, self._overflow, self._start = [], 0, False, start
-        self._size += len(payload)
-        if self._size > self.max_message:
-            self._overflow, self._parts = True, []
-        elif not self._overflow:
-            self._parts.append(payload)
-        if not fin:
+    def _skipped_frame(self, piece: bytes | None, *, partial: bool) -> Frame:
+        assert self._skipped is not None
+        opcode, fin, compressed = self._skipped
+        if not partial:
+            self._skipped = None
+        return Frame(opcode, fin, compressed, None, piece, partial=partial)
+
+
+class Messages:
+    """Frames → messages: fragments joined, permessage-deflate inflated (one context per direction:
+    a fresh-context message decodes the same through it), each message at most `max_message`."""
+
+    def __init__(self, *, max_message: int, deflate: bool) -> None:
+        self.max_message = max_message
+        self.deflate = deflate
+        self._inflate = zlib.decompressobj(-15) if deflate else None
+        self._parts: list[bytes] | None = []
+        self._opcode = 0
+        self._compressed = False
+        self.open = False
+        """A fragmented message has begun and not ended."""
+
+    def add(self, frame: Frame) -> Message | None:
+        if frame.opcode >= 8:  # control frames: never fragmented, never compressed
+            return Message(frame.opcode, frame.payload, False)
+        if frame.opcode != CONTINUATION:
+            self._opcode, self._compressed = frame.opcode, frame.compressed and self.deflate
+            self._parts = []
+        if self._parts is not None:
+            if frame.payload is None:
+                self._parts = None  # over the limit: unreadable
+            else:
+                self._parts.append(frame.payload)
+        self.open = not frame.fin
+        if not frame.fin:
             return None
-        data = None if self._overflow else b"".join(self._parts)
+        data = None if self._parts is None else b"".join(self._parts)
         self._parts = []
-        if data is not None and self._compressed:
+        if self._compressed:
             data = self._inflated(data)
-        elif self._overflow and self._compressed:
-            self._inflate = zlib.decompressobj(-15)  # its history is lost with the message: best effort on
-        return Message(self._opcode, data, self._start, end)
+        return Message(self._opcode, data, self._compressed)
 
-    def _inflated(self, data: bytes) -> bytes | None:
+    def _inflated(self, data: bytes | None) -> bytes | None:
         assert self._inflate is not None
+        if data is None:
+            self._inflate = zlib.decompressobj(-15)  # its history is lost with the message: best effort on
+            return None
         try:
             out = self._inflate.decompress(data + _DEFLATE_TAIL, self.max_message + 1)
         except zlib.error:
             self._inflate = zlib.decompressobj(-15)
             return None
         if len(out) > self.max_message or self._inflate.unconsumed_tail:
-            self._inflate = zlib.decompressobj(-15)  # a bomb, or over the limit: not recorded
+            self._inflate = zlib.decompressobj(-15)  # a bomb, or over the limit: not read
             return None
         return out
 

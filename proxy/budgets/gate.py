@@ -255,7 +255,8 @@ class Budgets:
                     return refusal(short, now)
                 need, usd, ex.request_body = clamped
         charge = self.ledger.reserve(ex.request_id, key_id, need, usd, settle_in_s=self.settings.settle_unseen_after_s,
-                                     model=model, alias=alias, now=now)
+                                     model=model, alias=alias, now=now,
+                                     api=ex.route.api.name if ex.route.api is not None else None)
         self.pending[ex.request_id] = charge
         self._hold_credentials(ex, budget, headers)
         return None
@@ -304,7 +305,9 @@ class Budgets:
         is most likely that run; taking it over charges the run once instead of leaving the orphan to
         expire at its full reservation beside a new one. Rare (a cut stream, a SIGKILL), and O(open)."""
         for charge in self.ledger.open.values():
-            if charge.key_id == key_id and charge.run_id is None and charge.charge_id not in self.pending:
+            # Another API's charge (a Responses create cut before its response) pays for no run.
+            if charge.key_id == key_id and charge.run_id is None and charge.charge_id not in self.pending \
+                    and charge.api in (None, "assistants"):
                 log.info("continuation of run %s: taking over charge %s, never linked to a run", run_id,
                          charge.charge_id)
                 return self.ledger.link(charge, run_id)

@@ -60,6 +60,8 @@ class Charge:
     spent_usd: float = 0.0
     cancelled: bool = False
     """runtap asked the upstream to cancel the run (cancel_on_exhaustion)."""
+    api: str | None = None
+    """The API of the request that reserved it, while this process knows (not stored: None after a restart)."""
 
     @property
     def open(self) -> bool:
@@ -186,13 +188,13 @@ class Ledger:
     # -- changing ------------------------------------------------------------------------------
     def reserve(self, charge_id: str, key_id: str, tokens: int, usd: float, *, settle_in_s: float,
                 run_id: str | None = None, model: str | None = None, alias: str | None = None,
-                now: float | None = None) -> Charge:
+                now: float | None = None, api: str | None = None) -> Charge:
         book = self._key(key_id) if self.tracked(key_id) else None
         now = self.clock() if now is None else now
         at = now if book is None else max(now, book.last_at)
         if book is not None:
             book.last_at = at
-        charge = Charge(charge_id, key_id, at, tokens, usd, at + settle_in_s, run_id=run_id, model=model)
+        charge = Charge(charge_id, key_id, at, tokens, usd, at + settle_in_s, run_id=run_id, model=model, api=api)
         self._index(charge, book)
         self._write(charge, key_alias=alias, reserved_at=ts(at), reserved_tokens=tokens, reserved_usd=usd,
                     settle_by=ts(charge.settle_by), run_id=run_id, model=model, state=RESERVED)

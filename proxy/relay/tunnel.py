@@ -68,7 +68,7 @@ class Tunnel:
         ex, headers = forwarder.begin(request)
         self._ex = ex
         forwarder.started(ex)
-        if ex.route.socket and ex.route.api is not None:
+        if ex.route.socket and ex.route.api is not None and headers.get("Upgrade", "").lower() == "websocket":
             self._socket = SocketTap(ex, headers, forwarder, forwarder.max_message)
         pool = forwarder.pool
         up = pool.upstream
@@ -99,9 +99,10 @@ class Tunnel:
         socket = self._socket
         if socket is not None:
             data = socket.from_client(data)
-            self._write_own(socket)
         if data:
-            self._up.transport.write(data)
+            self._up.transport.write(data)  # before runtap's own frames, which may close the socket
+        if socket is not None:
+            self._write_own(socket)
 
     def from_upstream(self, data: bytes) -> None:
         if not self._status_seen and self._ex is not None:
@@ -117,6 +118,10 @@ class Tunnel:
             if own:
                 self.client.write(own)
                 self._closing(socket)
+            early = socket.take_early()  # what the client sent before this answer to its handshake
+            if early and self._up is not None and self._up.transport is not None:
+                self._up.transport.write(early)
+            self._write_own(socket)
 
     def _write_own(self, socket: SocketTap) -> None:
         """runtap's own frames (a budget refusal) to the client, if no upstream frame is half-way."""
@@ -126,7 +131,7 @@ class Tunnel:
             self._closing(socket)
 
     def _closing(self, socket: SocketTap) -> None:
-        if socket.close_after_inject and not socket.take_injected():
+        if socket.closing and not socket.take_injected():
             # The refused message cannot be left out of a compressed stream: the socket ends here.
             if self._up is not None and self._up.transport is not None:
                 self._up.transport.close()

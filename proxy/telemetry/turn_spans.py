@@ -274,6 +274,10 @@ class TurnTracing(Observer):
                 call.span.attributes[sc.GEN_AI_RESPONSE_ID] = state.call_id
                 call.turn.calls[state.call_id] = call.span
                 self._calls[state.call_id] = call
+                while len(self._calls) > self._max_open:  # background responses nobody polls to their end
+                    _, oldest = self._calls.popitem(last=False)
+                    sc.record_error(oldest.span, "abandoned")
+                    self._end_call(oldest, self._clock_ns())
             elif call.span.end_ns:
                 return  # ended already: a later look at it (a Chat exchange's end after its usage chunk)
         attributes = call.span.attributes

@@ -172,3 +172,104 @@ async def test_a_compressed_socket_is_recorded_and_ends_after_a_refusal(serve_pr
     with parts.writer.cursor() as cur:
         data = [d for (d,) in cur.execute("select data from events order by seq").fetchall()]
     assert [json.loads(d) for d in data] == answered  # inflated from the compressed frames, exactly
+
+
+# -- what no SDK sends, but a socket may carry (found by a review) ---------------------------------
+@pytest.fixture
+def roomy(tmp_path, upstream):
+    return budgets_settings(tmp_path, upstream, default_reservation_tokens=256, keys=[team_a(tokens_per_day=100_000)])
+
+
+async def _frames(ws, n_terminal):
+    out = []
+    while n_terminal:
+        msg = json.loads((await ws.receive()).data)
+        out.append(msg)
+        if msg["type"] in TERMINAL:
+            n_terminal -= 1
+    return out
+
+
+async def test_the_error_for_a_message_that_is_no_create_is_not_taken_for_the_next_creates(serve_proxy, fake,
+                                                                                          roomy):
+    server = await serve_proxy(make_app(roomy))
+    fake.enqueue_response(ResponseScript.text("a long answer", input_tokens=5000, output_tokens=5000))
+    headers = {"Authorization": f"Bearer {RAW_KEY}"}
+    async with ClientSession() as http, http.ws_connect(server.make_url("/v1/responses"), headers=headers) as ws:
+        # Not a create (the SDK's `response.steer`, or any event the server does not take), then a
+        # create, without waiting: the server answers the first with an error frame, then streams
+        # the create's response.
+        await ws.send_str(json.dumps({"type": "response.steer", "previous_response_id": "resp_x", "input": "hi"}))
+        await ws.send_str(json.dumps({"type": "response.create", "model": "gpt-4o", "input": "x"}))
+        got = await _frames(ws, 2)
+    assert got[0]["type"] == "error" and got[-1]["type"] == "response.completed"
+    parts = server.app[PARTS]
+    await parts.flush()
+    with parts.writer.cursor() as cur:
+        rows = cur.execute("select method, status, outcome, response_id from requests order by started_at").fetchall()
+        charges = cur.execute("select state, spent_tokens from budget_charges").fetchall()
+        responses = cur.execute("select response_id, status from responses").fetchall()
+    # The create is recorded with its response and its 10000 tokens charged; the other message's
+    # error is not taken for its refusal.
+    assert [r[:3] for r in rows] == [("GET", 101, "completed"), ("WS", 200, "completed")]
+    assert responses == [(rows[1][3], "completed")] and charges == [("settled", 10000)]
+
+
+async def test_a_create_too_large_to_read_is_refused_never_relayed_unadmitted(serve_proxy, fake, tmp_path, upstream):
+    from proxy.config import Settings
+    settings = Settings.model_validate({
+        "server": {"upstream": str(upstream.make_url("")).rstrip("/"), "max_recorded_body_bytes": 2000},
+        "recorder": {"db": str(tmp_path / "runtap.duckdb"), "batch_interval_ms": 5},
+        "budgets": {"default_reservation_tokens": 256, "keys": [team_a(tokens_per_day=300)]},
+    })
+    server = await serve_proxy(make_app(settings))
+    fake.enqueue_response(ResponseScript.text("expensive", input_tokens=50_000, output_tokens=9000))
+    headers = {"Authorization": f"Bearer {RAW_KEY}"}
+    async with ClientSession() as http, http.ws_connect(server.make_url("/v1/responses"), headers=headers) as ws:
+        # 10256 tokens estimated against a 300-token day: over HTTP this is a 413 (too large) or a 429.
+        await ws.send_str(json.dumps({"type": "response.create", "model": "gpt-4o", "max_output_tokens": 10_000,
+                                      "input": "pad " * 1000}))
+        got = await _frames(ws, 1)
+    parts = server.app[PARTS]
+    await parts.flush()
+    with parts.writer.cursor() as cur:
+        rows = cur.execute("select method, status, outcome from requests order by started_at").fetchall()
+    assert got[-1]["type"] == "error" and got[-1]["status"] == 413, "the upstream ran a create runtap could not admit"
+    assert got[-1]["error"]["code"] == "request_too_large" and rows == [("GET", 101, "completed")]
+    assert fake.responses_api.engine.records == {}
+
+
+async def test_a_create_pipelined_behind_the_handshake_is_admitted_like_any(serve_proxy, fake, tmp_path,
+                                                                                   upstream):
+    import asyncio
+    import base64
+    import os
+
+    from websockets.frames import Frame, Opcode
+    settings = budgets_settings(tmp_path, upstream, default_reservation_tokens=256, keys=[team_a(tokens_per_day=300)])
+    server = await serve_proxy(make_app(settings))
+    fake.enqueue_response(ResponseScript.text("expensive", input_tokens=50_000, output_tokens=9000))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = (f"GET /v1/responses HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {RAW_KEY}\r\n\r\n")
+    create = Frame(Opcode.TEXT, json.dumps({"type": "response.create", "model": "gpt-4o", "input": "x",
+                                            "max_output_tokens": 10_000}).encode()).serialize(mask=True)
+    writer.write(head.encode() + create)  # the create right behind the request head, in one write
+    await writer.drain()
+    data = b""
+    while b"response.completed" not in data and b'"error"' not in data:
+        chunk = await asyncio.wait_for(reader.read(65536), 5)
+        if not chunk:
+            break
+        data += chunk
+    writer.close()
+    parts = server.app[PARTS]
+    await asyncio.sleep(0.1)
+    await parts.flush()
+    with parts.writer.cursor() as cur:
+        rows = cur.execute("select method, status, outcome from requests order by started_at").fetchall()
+        charges = cur.execute("select state, spent_tokens from budget_charges").fetchall()
+    assert b"response.completed" not in data, "a 10256-token create ran on a 300-token budget, unrecorded"
+    assert b'"status":429' in data and rows == [("GET", 101, "client_gone"), ("WS", 429, "rejected")]
+    assert charges == []  # refused: nothing reserved

@@ -225,3 +225,16 @@ def test_responses_and_chat_estimate_the_default_for_the_input_plus_their_output
     assert estimate({"max_tokens": 500}, 4096, chat) == 4596  # the older name counts the same
     assert estimate({}, 4096, responses) == estimate(None, 4096, chat) == 4096
     assert classify("POST", "/v1/responses").budgeted and not classify("GET", "/v1/responses/resp_1").budgeted
+
+
+def test_an_assistants_continuation_never_takes_over_another_apis_charge_as_its_orphan():
+    b = budgets(keys=[{"key_id": KEY, "alias": "team-a", "tokens_per_day": 100_000}])
+    # A Responses create whose stream was cut before response.created: its charge is open, linked
+    # to nothing, and its exchange is over.
+    resp = create({"model": "gpt-4o", "input": "hi", "max_output_tokens": 1000}, path="/v1/responses")
+    assert b.admit(resp, {}) is None
+    responses_charge = b.pending.pop(resp.request_id)
+    # An Assistants submit_tool_outputs of a run runtap does not know (a restart) reserves its own.
+    ex = submit("run_7")
+    assert b.admit(ex, {}) is None
+    assert b.ledger.by_run.get("run_7") is not responses_charge and responses_charge.run_id is None

@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import json
 
+import orjson
 from aiohttp import ClientSession, WSMsgType
+from multidict import CIMultiDict
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import Frame, Opcode
 
+from proxy import errors
+from proxy.apis import classify
+from proxy.deferred_tap import TapQueue
+from proxy.exchange import Exchange, Outcome
+from proxy.observers import Observer, Observers
 from proxy.relay.socket_tap import SocketTap
+from proxy.relay.tunnel import Tunnel
+from proxy.runs import RunStore
+from proxy.tap import Tap
 from proxy.testing.responses_scripts import ResponseScript
 from tests.conftest import RAW_KEY
 
@@ -67,3 +79,189 @@ async def test_a_tap_failure_costs_the_recording_never_the_socket(fake, proxy, r
     q = await recorded()
     assert q("select method, outcome from requests order by started_at") == [
         ("GET", "completed"), ("WS", "truncated")]  # the create it was recording when it failed
+
+
+# -- the tap driven by hand: what the fake upstream never sends ------------------------------------
+# (Found by a review; the forwarder is reduced to what the tap calls, the tap and observers are real.)
+HANDSHAKE = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+class Rec(Observer):
+    name = "rec"
+
+    def __init__(self) -> None:
+        self.started: list[Exchange] = []
+        self.finished: list[Exchange] = []
+        self.events: list[tuple[str, object]] = []
+
+    def exchange_started(self, ex):
+        self.started.append(ex)
+
+    def run_event(self, ex, event):
+        self.events.append((ex.request_id, event))
+
+    def exchange_finished(self, ex):
+        self.finished.append(ex)
+
+
+class FakeForwarder:
+    def __init__(self, admit=None, observers=None):
+        self.tracker = RunStore()
+        self.rec = Rec()
+        self.observers = Observers([self.rec, *(observers or [])])
+        self.pending_taps = TapQueue()
+        self._admit = admit
+
+    def admit(self, ex, headers):
+        return None if self._admit is None else self._admit(ex, headers)
+
+    def make_tap(self, ex):
+        return Tap(ex, self.tracker, self.observers, 1 << 20)
+
+    def started(self, ex):
+        self.observers.exchange_started(ex)
+
+    def end(self, ex, outcome, error):
+        if ex.finish(outcome, error):
+            self.observers.exchange_finished(ex)
+
+
+def socket_tap(admit=None, observers=None, max_message=1 << 20):
+    fwd = FakeForwarder(admit, observers)
+    ex = Exchange(classify("GET", "/v1/responses"), "GET", "/v1/responses", "", "sha256:k", None)
+    tap = SocketTap(ex, CIMultiDict(), fwd, max_message)
+    return tap, fwd
+
+
+def client_frame(data: bytes, opcode=Opcode.TEXT, fin=True) -> bytes:
+    return Frame(opcode, data, fin=fin).serialize(mask=True)
+
+
+def server_frame(data: bytes, opcode=Opcode.TEXT, fin=True) -> bytes:
+    return Frame(opcode, data, fin=fin).serialize(mask=False)
+
+
+def _resp(rid, status="in_progress", usage=None):
+    return {"id": rid, "object": "response", "status": status, "model": "gpt-4o", "output": [], "usage": usage}
+
+
+def _event(kind, seq, **fields):
+    return server_frame(orjson.dumps({"type": kind, "sequence_number": seq, **fields}))
+
+
+def _create(text):
+    return client_frame(orjson.dumps({"type": "response.create", "model": "gpt-4o", "input": text}))
+
+
+USAGE = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+
+
+USAGE = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+
+
+def test_a_response_already_in_flight_error_refuses_the_create_it_answers_and_no_other():
+    tap, fwd = socket_tap()
+    tap.from_upstream(HANDSHAKE)
+    assert tap.from_client(_create("A")) != b""
+    tap.from_upstream(_event("response.created", 0, response=_resp("resp_A")))
+    assert tap.from_client(_create("B")) != b""  # sent while A is streaming
+    # The server refuses B at once (one response in flight per socket), while A streams on.
+    tap.from_upstream(server_frame(orjson.dumps({"type": "error", "status": 400, "error": {
+        "type": "invalid_request_error", "code": "response_already_in_flight", "message": "busy"}})))
+    tap.from_upstream(_event("response.completed", 2, response=_resp("resp_A", "completed", USAGE)))
+    tap.from_client(_create("C"))
+    tap.from_upstream(_event("response.created", 0, response=_resp("resp_C")))
+    tap.from_upstream(_event("response.completed", 1, response=_resp("resp_C", "completed", USAGE)))
+    _a, b, c = fwd.rec.started[:3]
+    assert (b.status, b.response_id) == (400, None), "B should be the one refused"
+    assert c.response_id == "resp_C" and c.outcome is Outcome.COMPLETED
+    assert fwd.tracker.extensions["responses"].responses["resp_A"].error_code is None  # A did not fail
+
+
+def test_a_tap_failure_mid_way_hands_back_the_client_bytes_it_held(monkeypatch):
+    tap, _fwd = socket_tap()
+    tap.from_upstream(HANDSHAKE)
+    frame = _create("hello")
+    relayed = tap.from_client(frame[:7])  # half a frame: held until whole
+    assert relayed == b""
+
+    def boom(*_):
+        raise RuntimeError("a bug in the recording")
+
+    monkeypatch.setattr(tap._server, "feed", boom)  # the recording fails on the next server frame
+    tap.from_upstream(server_frame(b'{"type":"x"}'))
+    assert tap.off
+    relayed += tap.from_client(frame[7:])
+    assert relayed == frame, f"upstream got {len(relayed)} of {len(frame)} bytes"
+
+
+def test_a_refused_fragmented_create_with_a_ping_inside_is_left_out_whole():
+    refuse = lambda ex, headers: errors.budget_exceeded("no", 1)  # noqa: E731
+    tap, _fwd = socket_tap(admit=refuse)
+    tap.from_upstream(HANDSHAKE)
+    body = orjson.dumps({"type": "response.create", "model": "gpt-4o", "input": "x" * 40})
+    first = client_frame(body[:20], fin=False)
+    ping = client_frame(b"p", opcode=Opcode.PING)
+    last = client_frame(body[20:], opcode=Opcode.CONT)
+    after = client_frame(b"y", opcode=Opcode.PING)
+    out = tap.from_client(first + ping) + tap.from_client(last) + tap.from_client(after)
+    # Whatever is relayed must be whole frames: the refused message whole or not at all.
+    assert out in (ping + after, first + ping + last + after), out
+
+
+class _T:
+    def __init__(self):
+        self.writes, self.closed, self.after_close = [], False, []
+
+    def write(self, data):
+        (self.after_close if self.closed else self.writes).append(data)
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+
+class _Side:
+    def __init__(self):
+        self.transport = _T()
+
+
+class _Client:
+    def __init__(self):
+        self.transport = _T()
+
+    def write(self, data):
+        self.transport.write(data)
+
+
+def test_a_compressed_refusal_relays_the_frames_before_it_then_closes():
+    refuse_second = iter([None, errors.budget_exceeded("no", 1)])
+    tap, fwd = socket_tap(admit=lambda ex, h: next(refuse_second))
+    tunnel = Tunnel.__new__(Tunnel)
+    tunnel.client, tunnel._up, tunnel._socket, tunnel._pending = _Client(), _Side(), tap, []
+    tunnel._ex, tunnel._forwarder, tunnel._ended, tunnel._status_seen = tap.socket, fwd, False, True
+    tunnel.from_upstream(HANDSHAKE.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"))
+    deflate = PerMessageDeflate(remote_no_context_takeover=False, local_no_context_takeover=False,
+                                remote_max_window_bits=15, local_max_window_bits=15)
+    a = Frame(Opcode.TEXT, orjson.dumps({"type": "response.create", "model": "m", "input": "A"})).serialize(
+        mask=True, extensions=[deflate])
+    b = Frame(Opcode.TEXT, orjson.dumps({"type": "response.create", "model": "m", "input": "B"})).serialize(
+        mask=True, extensions=[deflate])
+    tunnel.from_client(a + b)  # both in one read: A admitted, B refused
+    up = tunnel._up.transport
+    assert b"".join(up.writes) == a, "A (admitted, recorded, charged) never reached the upstream"
+
+
+def test_a_frame_with_a_newline_in_its_json_is_recorded_whole():
+    import json
+    tap, fwd = socket_tap()
+    tap.from_upstream(HANDSHAKE)
+    tap.from_client(_create("A"))
+    for kind, rid, status, seq in (("response.created", "resp_A", "in_progress", 0),
+                                   ("response.completed", "resp_A", "completed", 1)):
+        text = json.dumps({"type": kind, "sequence_number": seq, "response": _resp(rid, status, USAGE)}, indent=1)
+        tap.from_upstream(server_frame(text.encode()))  # valid JSON, valid text frame
+    [a] = fwd.rec.started
+    assert a.outcome is Outcome.COMPLETED and a.response_id == "resp_A", (a.outcome, a.response_id, tap._line)
