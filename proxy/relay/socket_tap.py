@@ -329,6 +329,7 @@ class SocketTap:
 
     def _failed(self) -> None:
         SocketTap.errors += 1
+        Tap.errors += 1  # runtap_tap_errors_total counts the sockets' with the streams'
         log.exception("socket tap failed for %s; relaying it unrecorded from here", self.socket.request_id)
         self.off = True
 
