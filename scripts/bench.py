@@ -1,7 +1,8 @@
 """Benchmark: runtap in front of a fast upstream, against the same upstream called directly.
 
 Processes, all on loopback: the fast upstream (``scripts/bench_upstream.py``: precomputed bytes, a
-60-event streamed run and a JSON run, distinct ids per request), the proxy (``python -m proxy``,
+60-event streamed run and a JSON run, a 60-event streamed Response and a 60-frame Chat Completions
+stream, distinct ids per request), the proxy (``python -m proxy``,
 i.e. ``runtap serve``, recording to a fresh DuckDB file), the "floor" (the same script as a bare
 aiohttp + uvloop passthrough that records nothing; ``--no-floor`` skips it), nginx (the system's,
 e.g. Debian's package, which ``make bench`` installs: its own process with a generated config, one
@@ -14,17 +15,23 @@ Phases, in order:
    by the upstream after their first 5 events; the proxy's RSS is sampled while all are open, then
    they are released and must all complete.
 2. Streamed runs (``POST /v1/threads/runs``, ``"stream": true``), then JSON runs
-   (``GET /v1/threads/{t}/runs/{r}``), each at concurrency 1 and 32: a warm-up, then a fixed
-   number of requests per target in alternating rounds (direct, nginx, floor, runtap, then the
-   reverse).
+   (``GET /v1/threads/{t}/runs/{r}``), then streamed Responses (``POST /v1/responses``, kind
+   ``responses``) and Chat Completions streams (``POST /v1/chat/completions`` with
+   ``stream_options.include_usage``, kind ``chat``), each at concurrency 1 and 32: a warm-up, then
+   a fixed number of requests per target in alternating rounds (direct, nginx, floor, runtap, then
+   the reverse). ``--kinds`` picks among them; the report shows the three streams side by side.
 3. The recorder inside runtap at a paced rate: streamed runs started on a fixed schedule (open
    loop) so that runtap relays and records ``--paced-events`` events a second (20,000, the target)
    for ``--paced-s`` seconds, its queue depth sampled from /metrics: does the queue grow?
 4. SIGTERM (the proxy drains and flushes); the DuckDB file is opened read-only and every proxied
-   request's rows (events, requests, runs) are counted against what was sent.
+   request's rows (events, requests, runs, the answer; for Responses also its responses row) are
+   counted against what was sent. Responses and Chat turns are runs rows (``api``); every SSE frame
+   is an event row: 60 per Responses stream (it has no ``[DONE]``), 60 per Chat stream (``[DONE]``
+   included).
 5. store.Writer alone, in this process: rows/s unpaced, and its queue at a paced 20,000 rows/s.
 
-Per request: total latency and time to first event (the first body chunk holding ``event:``).
+Per request: total latency and time to first event (the first body chunk holding ``event:``; for
+Chat, whose frames have no event name, ``data: ``).
 Proxy CPU per request comes from /proc/PID/stat over each proxied round until the proxy is idle
 again, so the recording work for that round counts (the event-loop thread is also shown apart); for
 nginx, of its master and worker together.
@@ -34,7 +41,9 @@ its target; JSON with ``--json PATH``. Progress goes to stderr.
 
     python scripts/bench.py [--quick] [--no-floor] [--no-nginx] [--json results.json] [--keep]
 
-The default run takes about two and a half minutes on 2 CPUs; ``--quick`` under one.
+The default run takes about six minutes on 2 CPUs, ``--quick`` about a minute and three quarters;
+without the Responses and Chat streams (``--kinds stream,json``) about three minutes and a minute
+and a quarter.
 """
 
 from __future__ import annotations
@@ -108,6 +117,13 @@ BASE_HEADERS = {
     "Authorization": "Bearer sk-bench-not-a-key",
     "OpenAI-Beta": "assistants=v2",
 }
+KINDS = ("stream", "responses", "chat", "json")
+"""The scenarios' kinds, in the order they are reported: the three streams side by side, then JSON."""
+API_STREAMS = ("responses", "chat")
+"""The streams of the Responses and Chat Completions APIs (the upstream's info has a section for each)."""
+KIND_LETTERS = {"stream": "S", "json": "J", "responses": "R", "chat": "C"}
+"""First character of a scenario's request tags (lower case for its warm-up); H and P are the open
+streams and the paced phase, Assistants streams too."""
 
 
 # -- /proc ---------------------------------------------------------------------------------------
@@ -477,6 +493,20 @@ class Samples:
             self.error_examples.append(what)
 
 
+@dataclass(frozen=True)
+class StreamKind:
+    """A streamed request the load sends, and what must come back for it to count as OK."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    first: bytes
+    """The time to first event is when the first body chunk holding this arrives."""
+    size: int
+    tail: bytes
+    events: int
+
+
 class Load:
     """Issues the benchmark's requests; every request carries a 20-character token that the
     upstream puts in its ids, so the recording can be checked request by request."""
@@ -488,14 +518,25 @@ class Load:
         self.sent_by_tag: dict[str, int] = {}
         self.stream_body = json.dumps(info["stream_request"]).encode()
         self.placeholder = info["placeholder"]
+        json_headers = {"Authorization": BASE_HEADERS["Authorization"], "Content-Type": "application/json"}
+        self.streams = {"stream": StreamKind("/v1/threads/runs", self.stream_body,
+                                             {**BASE_HEADERS, "Content-Type": "application/json"}, b"event:",
+                                             info["stream_bytes"], b"data: [DONE]\n\n", info["events"])}
+        for kind in API_STREAMS:
+            k = info[kind]
+            # Responses frames start with `event:`, Chat frames with `data: ` (no event name, §9).
+            self.streams[kind] = StreamKind(k["path"], json.dumps(k["request"]).encode(), json_headers,
+                                            b"event:" if kind == "responses" else b"data: ", k["stream_bytes"],
+                                            k["tail"].encode(), k["events"])
 
     def token(self, tag: str) -> str:
         self.sent_by_tag[tag] = self.sent_by_tag.get(tag, 0) + 1
         return f"{tag}{next(self.counter):016d}"
 
     async def stream(self, base: str, tag: str, s: Samples, hold: bool = False,
-                     on_first: Callable[[], None] | None = None) -> None:
-        headers = {**BASE_HEADERS, "Content-Type": "application/json", "x-bench-token": self.token(tag)}
+                     on_first: Callable[[], None] | None = None, kind: str = "stream") -> None:
+        k = self.streams[kind]
+        headers = {**k.headers, "x-bench-token": self.token(tag)}
         if hold:
             headers["x-bench-hold"] = "1"
         s.sent += 1
@@ -503,10 +544,11 @@ class Load:
         first = 0.0
         size = 0
         tail = b""
+        marker = k.first
         try:
-            async with self.session.post(base + "/v1/threads/runs", data=self.stream_body, headers=headers) as resp:
+            async with self.session.post(base + k.path, data=k.body, headers=headers) as resp:
                 async for chunk in resp.content.iter_any():
-                    if not first and b"event:" in chunk:
+                    if not first and marker in chunk:
                         first = time.perf_counter()
                         if on_first is not None:
                             on_first()
@@ -517,7 +559,7 @@ class Load:
             s.error(f"{type(e).__name__}: {e}")
             return
         t1 = time.perf_counter()
-        if status != 200 or size != self.info["stream_bytes"] or not tail.endswith(b"data: [DONE]\n\n"):
+        if status != 200 or size != k.size or not tail.endswith(k.tail):
             s.error(f"status {status}, {size} bytes, tail {tail!r}")
             return
         s.ok += 1
@@ -552,10 +594,10 @@ class Load:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                if kind == "stream":
-                    await self.stream(base, tag, s)
-                else:
+                if kind == "json":
                     await self.json_run(base, tag, s)
+                else:
+                    await self.stream(base, tag, s, kind=kind)
 
         gc.collect()
         gc.disable()  # the client's own collector pauses would land on whichever target runs
@@ -697,7 +739,7 @@ class Bench:
         args = self.args
         other = OtherLoad(self.pids())
         peak_ok = reset_peak_rss(self.proxy.pid)
-        letter = "S" if kind == "stream" else "J"
+        letter = KIND_LETTERS[kind]
         samples = {name: Samples() for name, _, _ in self.targets()}
         for name, base, child in self.targets():  # warm-up: connections, caches, the proxy's pools
             await self.load.round(kind, base, f"{letter.lower()}{concurrency:02d}{name[0]}", args.warmup,
@@ -856,23 +898,41 @@ class Bench:
         }
 
 
+def _tag_of(column: str) -> str:
+    """SQL for the request tag in an id the fast upstream made: the first 4 characters of its token,
+    after `run_` (Assistants) or `chatcmpl-` (Chat), or hex-encoded after `resp_` (Responses)."""
+    return (f"case when starts_with({column}, 'resp_') then try(decode(unhex(substr({column}, 6, 8))))"
+            f" when starts_with({column}, 'chatcmpl-') then substr({column}, 10, 4) else substr({column}, 5, 4) end")
+
+
 def count_recorded(db: Path, info: dict[str, Any], sent_by_tag: dict[str, int]) -> dict[str, Any]:
     """Rows per request tag in the recording (read-only, after the proxy has exited)."""
     import duckdb
 
+    tag = _tag_of("run_id")
+    # Each kind's run (an Assistants run, a Responses or Chat turn) has the total its upstream reported.
+    usage = (f"(api = 'assistants' and total_tokens = {int(info['total_tokens'])})"
+             f" or (api = 'responses' and total_tokens = {int(info['responses']['total_tokens'])})"
+             f" or (api = 'chat' and total_tokens = {int(info['chat']['total_tokens'])})")
     con = duckdb.connect(str(db), read_only=True)
     try:
-        def by_tag(sql: str) -> dict[str, tuple[Any, ...]]:
-            return {row[0]: row[1:] for row in con.execute(sql).fetchall()}
+        def by_tag(sql: str, *params: Any) -> dict[str, tuple[Any, ...]]:
+            return {row[0]: row[1:] for row in con.execute(sql, list(params)).fetchall()}
 
-        events = by_tag("select substr(run_id, 5, 4), count(*), count(distinct request_id) from events group by 1")
-        requests = by_tag("select substr(run_id, 5, 4), count(*), count(*) filter (where outcome = 'completed')"
+        events = by_tag(f"select {tag}, count(*), count(distinct request_id) from events group by 1")
+        requests = by_tag(f"select {tag}, count(*), count(*) filter (where outcome = 'completed')"
                           " from requests group by 1")
-        runs = by_tag("select substr(run_id, 5, 4), count(*), count(*) filter (where status = 'completed'),"
-                      f" count(*) filter (where total_tokens = {int(info['total_tokens'])}) from runs group by 1")
-        messages = {tag: n for tag, n in con.execute(
-            "select substr(run_id, 5, 4), count(*) from messages where status = 'completed' and text = ? group by 1",
-            [info["answer"]]).fetchall()}
+        runs = by_tag(f"select {tag}, count(*), count(*) filter (where status = 'completed'),"
+                      f" count(*) filter (where {usage}) from runs group by 1")
+        # The answer: an Assistants message, the Chat completion's message, or the Response's message item.
+        messages = by_tag(f"select {tag}, count(*) from messages where status = 'completed' and text = ? group by 1",
+                          info["answer"])
+        items = by_tag(f"select {_tag_of('response_id')}, count(*) from response_items"
+                       " where source = 'output' and type = 'message' and status = 'completed' and text = ?"
+                       " group by 1", info["answer"])
+        responses = by_tag(f"select {_tag_of('response_id')}, count(*), count(*) filter (where status = 'completed'),"
+                           f" count(*) filter (where total_tokens = {int(info['responses']['total_tokens'])})"
+                           " from responses group by 1")
         (orphans,) = con.execute("select count(*) from events where run_id is null").fetchone() or (0,)
         (no_run,) = con.execute("select count(*) from requests where run_id is null").fetchone() or (0,)
     finally:
@@ -880,18 +940,26 @@ def count_recorded(db: Path, info: dict[str, Any], sent_by_tag: dict[str, int]) 
     spill = Path(f"{db}.spill.jsonl")
     out: dict[str, Any] = {"events_without_run_id": orphans, "requests_without_run_id": no_run, "tags": {},
                            "spill": f"{spill.stat().st_size} bytes" if spill.exists() else "none"}
+    per_stream = {"S": info["events"], "H": info["events"], "P": info["events"],
+                  "R": info["responses"]["events"], "C": info["chat"]["events"]}
     for tag, sent in sorted(sent_by_tag.items()):
         if tag[-1] not in "Rr":  # only requests that went through runtap are recorded
             continue
-        streamed = tag[0].upper() in "SHP"
+        letter = tag[0].upper()
+        streamed = letter in per_stream
         ev, rq, rn = events.get(tag, (0, 0)), requests.get(tag, (0, 0)), runs.get(tag, (0, 0, 0))
+        rs = responses.get(tag, (0, 0, 0))
         out["tags"][tag] = {
             "sent": sent,
-            "events_expected": sent * info["events"] if streamed else 0,
-            "messages_expected": sent if streamed else 0, "messages_ok": messages.get(tag, 0),
+            # Every SSE frame is an event row: a Responses stream has no [DONE], a Chat stream's counts.
+            "events_expected": sent * per_stream[letter] if streamed else 0,
+            "messages_expected": sent if streamed else 0,
+            "messages_ok": items.get(tag, (0,))[0] if letter == "R" else messages.get(tag, (0,))[0],
             "events": ev[0], "event_streams": ev[1],
             "requests": rq[0], "requests_completed": rq[1],
             "runs": rn[0], "runs_completed": rn[1], "runs_with_usage": rn[2],
+            "responses_expected": sent if letter == "R" else 0,
+            "responses": rs[0], "responses_completed": rs[1], "responses_with_usage": rs[2],
         }
     return out
 
@@ -1041,13 +1109,15 @@ def render(r: dict[str, Any]) -> str:
         "",
     ]
     sc = {(x["kind"], x["concurrency"]): x for x in r["scenarios"]}
+    # Reported in KINDS order (the streams side by side), whatever order they ran in.
+    scenarios = sorted(r["scenarios"], key=lambda x: (KINDS.index(x["kind"]), x["concurrency"]))
     rows: list[tuple[str, str, str, str]] = []
 
     def add(metric: str, value: str, target: str, ok: bool | None) -> None:
         rows.append((metric, value, target, verdict(ok)))
 
     hi = r["config"]["high_concurrency"]
-    for kind in ("stream", "json"):
+    for kind in KINDS:
         for c in (1, hi):
             x = sc.get((kind, c))
             if x is None:
@@ -1057,8 +1127,9 @@ def render(r: dict[str, Any]) -> str:
             add(f"Added p50 latency, {kind}, c={c}", fmt(p["added_p50_ms"], " ms"), f"≤ {limit} ms",
                 le(p["added_p50_ms"], limit))
             add(f"Added p99 latency, {kind}, c={c}", fmt(p["added_p99_ms"], " ms"), "—", None)
-            if kind == "stream":
-                add(f"Added time to first event p50 / p99, c={c}",
+            if kind != "json":
+                # The Assistants stream's row keeps its name (no kind): earlier reports compare with it.
+                add(f"Added time to first event p50 / p99, {'' if kind == 'stream' else kind + ', '}c={c}",
                     f"{fmt(p['added_ttfe_p50_ms'], ' ms')} / {fmt(p['added_ttfe_p99_ms'], ' ms')}", "—", None)
             ratio = p["throughput_ratio"]
             add(f"Throughput vs direct, {kind}, c={c}", fmt(ratio, "x"),
@@ -1117,12 +1188,14 @@ def render(r: dict[str, Any]) -> str:
             f"≥ {TARGETS['recorder_events_per_s']:,}/s, queue ≤ {WRITER_MAX_DEPTH:,}", ok)
     if rec:
         lost = rec["events_expected"] - rec["events"]
+        responses = (f"; {rec['responses']:,} / {rec['responses_expected']:,} responses"
+                     if rec["responses_expected"] else "")
         add("Recording complete (events, requests, runs, answers of every proxied request)",
             f"{rec['events']:,} / {rec['events_expected']:,} events; {rec['requests']:,} / {rec['sent']:,} "
             f"requests; {rec['runs']:,} / {rec['sent']:,} runs; {rec['messages_ok']:,} / {rec['messages_expected']:,}"
-            " answers", "no loss",
+            f" answers{responses}", "no loss",
             lost == 0 and rec["requests"] == rec["sent"] and rec["runs"] == rec["sent"] and rec["runs_ok"]
-            and rec["messages_ok"] == rec["messages_expected"])
+            and rec["messages_ok"] == rec["messages_expected"] and rec["responses_ok"])
     o = r.get("open")
     if o:
         add(f"Proxy RSS with {o['streams']:,} streams open at once (fresh proxy; max while all open, and the "
@@ -1145,7 +1218,7 @@ def render(r: dict[str, Any]) -> str:
               "| Scenario | Via | OK / sent | req/s | p50 ms | p99 ms | TTFE p50 ms | TTFE p99 ms "
               "| proxy CPU ms/req | busy after a round | proxy RSS after (peak) | other load |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for x in r["scenarios"]:
+    for x in scenarios:
         for name in ("direct", *REFERENCES, "runtap", *OBSERVABILITY_TARGETS):
             if name not in x:
                 continue
@@ -1167,9 +1240,9 @@ def render(r: dict[str, Any]) -> str:
             ("added TTFE p50 ms", lambda v: fmt(v["added_ttfe_p50_ms"])),
             ("throughput vs direct", lambda v: fmt(v["throughput_ratio"], "x")),
             ("CPU ms/req", lambda v: fmt(v["cpu_ms_per_req"], "", 3))]
-        for x in r["scenarios"]:
+        for x in scenarios:
             for label, get in figures:
-                if label.startswith("added TTFE") and x["kind"] != "stream":
+                if label.startswith("added TTFE") and x["kind"] == "json":
                     continue
                 lines.append(f"| {x['kind']} c={x['concurrency']} | {label} | "
                              + " | ".join(get(x[n]) if n in x else "—" for n in side) + " |")
@@ -1180,7 +1253,7 @@ def render(r: dict[str, Any]) -> str:
             continue
         lines += ["", f"runtap minus {ref} ({REFERENCES[ref]}).", "",
                   "| Scenario | p50 ms | p99 ms | TTFE p50 ms | throughput | CPU ms/req |", "|---|---|---|---|---|---|"]
-        for x in r["scenarios"]:
+        for x in scenarios:
             if ref not in x:
                 continue
             f, p = x[ref], x["runtap"]
@@ -1189,16 +1262,25 @@ def render(r: dict[str, Any]) -> str:
                          f"{fmt(diff(p['p99_ms'], f['p99_ms']))} | {fmt(diff(p['ttfe_p50_ms'], f['ttfe_p50_ms']))} | "
                          f"{fmt(ratio, 'x')} | {fmt(diff(p['cpu_ms_per_req'], f['cpu_ms_per_req']), '', 3)} |")
     if rec:
+        # The responses column only when Responses were sent: without them the table is as it was.
+        with_responses = bool(rec["responses_expected"])
         lines += ["", "### Recording (read back from DuckDB after SIGTERM)", "",
                   "| Requests | Sent | Events recorded / expected | requests rows (completed)"
-                  " | runs rows (completed, with the upstream's usage) | messages with the full answer |",
-                  "|---|---|---|---|---|---|"]
+                  " | runs rows (completed, with the upstream's usage) | messages with the full answer |"
+                  + (" responses rows (completed, with the upstream's usage) |" if with_responses else ""),
+                  "|---|---|---|---|---|---|" + ("---|" if with_responses else "")]
         for tag, t in rec["tags"].items():
             lines.append(f"| {TAG_NAMES.get(tag, tag)} | {t['sent']:,} | {t['events']:,} / {t['events_expected']:,}"
                          f" | {t['requests']:,} ({t['requests_completed']:,})"
                          f" | {t['runs']:,} ({t['runs_completed']:,}, {t['runs_with_usage']:,})"
-                         f" | {t['messages_ok']:,} / {t['messages_expected']:,} |")
+                         f" | {t['messages_ok']:,} / {t['messages_expected']:,} |"
+                         + ("" if not with_responses else " — |" if not t["responses_expected"] else
+                            f" {t['responses']:,} ({t['responses_completed']:,}, {t['responses_with_usage']:,}) |"))
         lines.append(f"\nEvents without a run id: {rec['events_without_run_id']}; spill file: {rec['spill']}.")
+        if with_responses or any(tag[0] in "Cc" for tag in rec["tags"]):
+            lines.append("Responses and Chat: a run is a turn (runs.api responses or chat); an event per SSE frame (a "
+                         "Chat stream's [DONE] included, a Responses stream has none); the answer is the Response's "
+                         "message item (response_items) or the Chat completion's messages row.")
     if o:
         lines += ["", f"### {o['streams']:,} streams open at once", "",
                   f"All {o['opened']:,} streams had their first events after {o['open_s']:.1f} s (upstream holding "
@@ -1246,6 +1328,9 @@ TAG_NAMES = {
     "S01R": "stream c=1", "S32R": "stream c=32", "J01R": "json c=1", "J32R": "json c=32", "H00R": "open streams",
     "h00r": "warm-up before open streams", "s01r": "warm-up stream c=1", "s32r": "warm-up stream c=32",
     "j01r": "warm-up json c=1", "j32r": "warm-up json c=32", "P00R": "paced streams",
+    "R01R": "responses c=1", "R32R": "responses c=32", "r01r": "warm-up responses c=1",
+    "r32r": "warm-up responses c=32", "C01R": "chat c=1", "C32R": "chat c=32", "c01r": "warm-up chat c=1",
+    "c32r": "warm-up chat c=32",
 }
 
 
@@ -1261,7 +1346,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "config": {"requests_c1": args.requests_c1, "requests_high": args.requests_high,
                    "high_concurrency": args.concurrency, "rounds": args.rounds, "warmup": args.warmup,
                    "open_streams": args.open_streams, "writer_rows": args.writer_rows,
-                   "writer_rate": args.writer_rate, "paced_events": args.paced_events, "paced_s": args.paced_s},
+                   "writer_rate": args.writer_rate, "paced_events": args.paced_events, "paced_s": args.paced_s,
+                   "api_requests_c1": args.api_requests_c1, "api_requests_high": args.api_requests_high,
+                   "kinds": sorted(args.kinds, key=KINDS.index)},
         "targets": TARGETS, "scenarios": [],
     }
     db = tmp / "bench.duckdb"
@@ -1299,6 +1386,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                           f"{info['json_bytes']:,} B); client {args.requests_c1:,} requests per target at c=1, "
                           f"{args.requests_high:,} at c={args.concurrency}, in {args.rounds} alternating rounds after "
                           f"{args.warmup} warm-up requests; proxy recording to a fresh DuckDB file"
+                          + _api_setup(args, info)
                           + (f"; nginx {r['nginx']['version']} (1 worker, proxy_buffering off, upstream keepalive 64)"
                              if nginx else ""))
             r["rss_idle_mb"] = memory_kb(proxy.pid)["VmRSS"] / 1024
@@ -1316,8 +1404,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 log(f"{args.open_streams:,} streams open at once")
                 r["open"] = await bench.open_streams(args.open_streams)
                 log(f"  RSS {r['open']['rss_open_max_mb']:.1f} MB, {r['open']['completed']} completed")
+            # The Responses and Chat streams after the Assistants ones and JSON: those two run as they
+            # always did, on a proxy in the same state, so their figures stay comparable with earlier runs.
             plan = [("stream", 1, args.requests_c1), ("stream", args.concurrency, args.requests_high),
                     ("json", 1, args.requests_c1), ("json", args.concurrency, args.requests_high)]
+            plan += [(kind, c, n) for kind in API_STREAMS
+                     for c, n in ((1, args.api_requests_c1), (args.concurrency, args.api_requests_high))]
             for kind, c, n in plan:
                 if n <= 0 or kind not in args.kinds:
                     continue
@@ -1352,6 +1444,17 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return r
 
 
+def _api_setup(args: argparse.Namespace, info: dict[str, Any]) -> str:
+    """The setup line's words on the Responses and Chat streams, if they run."""
+    parts = [f"{'a streamed Response' if kind == 'responses' else 'a Chat stream with include_usage'} "
+             f"({info[kind]['events']} frames, {info[kind]['stream_bytes']:,} B)" for kind in API_STREAMS
+             if kind in args.kinds]
+    if not parts:
+        return ""
+    return (f"; {' and '.join(parts)}: {args.api_requests_c1:,} requests per target at c=1, "
+            f"{args.api_requests_high:,} at c={args.concurrency}")
+
+
 def _observability_config(base: str | None, name: str, upstream: str) -> str:
     """The --config file's text (if any) with the [telemetry] of one observability target."""
     text = Path(base).read_text() if base else ""
@@ -1382,6 +1485,10 @@ def _totals(rec: dict[str, Any], r: dict[str, Any], hi: int) -> None:
     rec["runs_ok"] = sum(t["runs_completed"] == t["runs_with_usage"] == t["runs"] for t in tags) == len(tags)
     rec["messages_ok"] = sum(t["messages_ok"] for t in tags)
     rec["messages_expected"] = sum(t["messages_expected"] for t in tags)
+    rec["responses"] = sum(t["responses"] for t in tags)
+    rec["responses_expected"] = sum(t["responses_expected"] for t in tags)
+    rec["responses_ok"] = all(t["responses_completed"] == t["responses_with_usage"] == t["responses"]
+                              == t["responses_expected"] for t in tags)
     for x in r["scenarios"]:
         if x["kind"] == "stream" and x["concurrency"] == hi:
             t = rec["tags"].get(f"S{hi:02d}R")
@@ -1418,9 +1525,18 @@ def raise_fd_limit(need: int) -> None:
         log(f"warning: the fd limit {want} is below the {need} this run needs")
 
 
+def _kinds(value: str) -> set[str]:
+    kinds = {k.strip() for k in value.split(",") if k.strip()}
+    unknown = kinds - set(KINDS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(sorted(unknown))}; "
+                                         f"choose from {', '.join(KINDS)}")
+    return kinds
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer requests (about a minute)")
+    p.add_argument("--quick", action="store_true", help="fewer requests (under two minutes)")
     p.add_argument("--requests-c1", type=int, help="requests per target at concurrency 1 (2,000; quick 500)")
     p.add_argument("--requests-high", type=int, help="requests per target at high concurrency (10,000; quick 2,500)")
     p.add_argument("--concurrency", type=int, default=32, help="the high concurrency (default 32)")
@@ -1428,8 +1544,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="warm-up requests per target and scenario (200; quick 64)")
     p.add_argument("--no-observability", dest="observability", action="store_false",
                    help="skip the two extra proxies that measure metrics + tracing on vs off")
-    p.add_argument("--kinds", type=lambda v: set(v.split(",")), default={"stream", "json"},
-                   help="scenarios to run: stream, json or both (default stream,json)")
+    p.add_argument("--api-requests-c1", type=int,
+                   help="requests per target at concurrency 1 for the responses and chat kinds (1,000; quick 200)")
+    p.add_argument("--api-requests-high", type=int,
+                   help="requests per target at high concurrency for the responses and chat kinds (5,000; "
+                   "quick 800)")
+    p.add_argument("--kinds", type=_kinds, default=set(KINDS),
+                   help="scenarios to run, comma-separated: stream (Assistants), json (Assistants polls), responses, "
+                   "chat (default stream,json,responses,chat)")
     p.add_argument("--open-streams", type=int, default=1000, help="streams held open at once (0 skips)")
     p.add_argument("--writer-rows", type=int, help="rows for the store.Writer bench (200,000; quick 60,000; 0 skips)")
     p.add_argument("--writer-rate", type=float, default=20_000, help="paced rate for the writer bench (rows/s)")
@@ -1449,6 +1571,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q = args.quick
     for name, full, quick in (("requests_c1", 2000, 500), ("requests_high", 10_000, 2500), ("rounds", 4, 2),
                               ("warmup", 200, 64), ("writer_rows", 200_000, 60_000), ("paced_s", 20.0, 10.0)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if q else full)
+    # Fewer Responses and Chat requests than Assistants streams: four more scenarios would otherwise
+    # double the run. Quick stays near its old length only so far: each scenario's warm-up and the
+    # drain after every proxied round cost ~5 s whatever the count.
+    for name, full, quick in (("api_requests_c1", 1000, 200), ("api_requests_high", 5000, 800)):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
     if args.rounds < 1:

@@ -3,20 +3,32 @@
 The bundled fake (``proxy/testing/fake_upstream.py``) is faithful: it keeps run state and validates
 every body, which costs more CPU per request than the proxy under test. This server answers from
 precomputed bytes instead. At startup it asks the fake once for a realistic streamed run (60 SSE
-events, ~15 KB: thread, run, step and message lifecycle, 48 message deltas, ``done``) and for the
-JSON of that run once completed, and keeps them as templates. Per request it only substitutes the
-ids, so every response carries distinct thread, run, step and message ids (the recorder then
-stores distinct runs):
+events, ~15 KB: thread, run, step and message lifecycle, 48 message deltas, ``done``), for the
+JSON of that run once completed, for a streamed Response (60 events, ~19 KB) and for a Chat
+Completions stream (60 frames, ~20 KB), and keeps them as templates. Per request it only
+substitutes the ids, so every response carries distinct ids (the recorder then stores distinct
+runs, responses and turns):
 
 - ``POST /v1/threads/runs``: the stream, each event its own write, ``text/event-stream;
   charset=utf-8`` and an ``x-request-id``. The request body is read and ignored.
 - ``GET /v1/threads/{thread_id}/runs/{run_id}``: the completed run as pretty-printed JSON.
+- ``POST /v1/responses``: a streamed Response of 60 events as the fake frames it
+  (protocol-responses.md §2: ``event: <type>`` + ``data: <json>`` per frame, ``sequence_number``
+  from 0, no ``[DONE]``): created, in_progress, a message item and its text part added, 52
+  ``response.output_text.delta``, the text, part and item done, ``response.completed`` with usage.
+  The request body is read and ignored (it is always answered with the stream).
+- ``POST /v1/chat/completions``: a Chat Completions stream (§9: data-only frames, then
+  ``data: [DONE]``): a role chunk, 56 content chunks, the ``finish_reason`` chunk and, when the
+  request asks for ``stream_options.include_usage``, the usage chunk (``choices: []``): 60 frames
+  with ``[DONE]``.
 
-The ids are ``<prefix>_<token><4 chars>``; the 20-character token comes from the
-``x-bench-token`` request header (the benchmark tags each request with it and finds its rows in the
-recording by it), else from a counter. ``x-bench-hold: 1`` holds a stream after its first
-``HOLD_AFTER`` events until ``POST /bench/release`` (or ``--hold-timeout`` seconds). Control
-endpoints: ``GET /bench/info`` (template sizes, the path template), ``GET /bench/held``.
+The ids are ``<prefix>_<token><4 chars>`` (Assistants), ``chatcmpl-<token><9 chars>`` (Chat) and,
+for Responses, ``resp_`` / ``msg_`` + the token in hex + 10 hex digits (50 hex digits, as the service's);
+the 20-character token comes from the ``x-bench-token`` request header (the benchmark tags each
+request with it and finds its rows in the recording by it), else from a counter. ``x-bench-hold: 1``
+holds a stream after its first ``HOLD_AFTER`` events until ``POST /bench/release`` (or
+``--hold-timeout`` seconds). Control endpoints: ``GET /bench/info`` (template sizes, the path
+template, the requests to send), ``GET /bench/held``.
 
 With ``--relay-to URL`` it is instead a bare aiohttp + uvloop passthrough that records nothing (the
 same relay loop as runtap's forward.py, minus the tap): the floor that any aiohttp proxy pays,
@@ -37,6 +49,7 @@ import re
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -46,12 +59,17 @@ from aiohttp.test_utils import TestClient, TestServer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy.testing.fake_upstream import FakeUpstream  # after the path tweak, to run from a checkout
+from proxy.testing.responses_scripts import ChatScript, ResponseScript
 from proxy.testing.scripts import Script
 
 PLACEHOLDER = b"@" * 20
 TOKEN_LEN = len(PLACEHOLDER)
+HEX_PLACEHOLDER = b"#" * (2 * TOKEN_LEN)
+"""Where a Responses id holds the token, in hex: the service's ids are hex digits after the prefix."""
 HOLD_AFTER = 5
 _ID = re.compile(rb"\b(thread|run|step|msg)_([A-Za-z0-9]{24})\b")
+_RESPONSES_ID = re.compile(rb"\b(resp|msg)_([0-9a-f]{50})\b")
+_CHAT_ID = re.compile(rb"\bchatcmpl-([A-Za-z0-9]{29})\b")
 _TOKEN = re.compile(r"[A-Za-z0-9]{20}")
 ASSISTANT_ID = "asst_BenchAssistant000000000"
 ANSWER = (
@@ -59,11 +77,20 @@ ANSWER = (
     "recognise cats after seeing many cats. Each layer of a network transforms its input a little, and training "
     "nudges millions of weights until the output matches the examples well enough to generalise."
 )
+QUESTION = "What is deep learning? Explain it to a ten year old."
 STREAM_REQUEST = {
     "assistant_id": ASSISTANT_ID,
     "stream": True,
-    "thread": {"messages": [{"role": "user", "content": "What is deep learning? Explain it to a ten year old."}]},
+    "thread": {"messages": [{"role": "user", "content": QUESTION}]},
 }
+MODEL = "gpt-4.1-mini"
+RESPONSES_REQUEST = {"model": MODEL, "input": QUESTION, "stream": True}
+CHAT_REQUEST = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "stream": True,
+                "stream_options": {"include_usage": True}}
+RESPONSES_DELTAS = 52
+"""Text deltas of the streamed Response: with its 8 lifecycle, item and part events, 60 events."""
+CHAT_DELTAS = 56
+"""Content chunks of the Chat stream: with the role, finish and usage chunks and [DONE], 60 frames."""
 
 
 def _template(data: bytes) -> bytes:
@@ -73,10 +100,41 @@ def _template(data: bytes) -> bytes:
     return _ID.sub(lambda m: m.group(1) + b"_" + PLACEHOLDER + m.group(2)[TOKEN_LEN:], data)
 
 
-async def capture() -> tuple[list[bytes], bytes, str]:
-    """One streamed run and one poll of it from the faithful fake, as templates."""
+def _template_responses(data: bytes) -> bytes:
+    """Replace the first 40 hex digits of every resp_/msg_ id by the hex placeholder."""
+    if HEX_PLACEHOLDER in data or PLACEHOLDER in data:
+        raise ValueError("a placeholder occurs in the captured bytes")
+    return _RESPONSES_ID.sub(lambda m: m.group(1) + b"_" + HEX_PLACEHOLDER + m.group(2)[2 * TOKEN_LEN:], data)
+
+
+def _template_chat(data: bytes) -> bytes:
+    """Replace the first 20 characters of every chatcmpl- id by the placeholder."""
+    if PLACEHOLDER in data:
+        raise ValueError("the placeholder occurs in the captured bytes")
+    return _CHAT_ID.sub(lambda m: b"chatcmpl-" + PLACEHOLDER + m.group(1)[TOKEN_LEN:], data)
+
+
+@dataclass
+class Captured:
+    """The templates, captured once from the fake at startup."""
+
+    frames: list[bytes]
+    run_json: bytes
+    path: str
+    responses: list[bytes]
+    chat: list[bytes]
+    """With stream_options.include_usage: the usage chunk before [DONE], ``usage: null`` on the others."""
+    chat_no_usage: list[bytes]
+
+
+async def capture() -> Captured:
+    """One streamed run and one poll of it, one streamed Response and two Chat streams (with and
+    without include_usage) from the faithful fake, as templates."""
     fake = FakeUpstream(seed=7)
     fake.enqueue(Script.text(ANSWER, prompt_tokens=73, chunks=48))
+    fake.enqueue_response(ResponseScript.text(ANSWER, chunks=RESPONSES_DELTAS, input_tokens=73))
+    for _ in range(2):
+        fake.enqueue_chat(ChatScript(ANSWER, chunks=CHAT_DELTAS, prompt_tokens=73))
     headers = {"Authorization": "Bearer sk-bench", "OpenAI-Beta": "assistants=v2"}
     async with TestClient(TestServer(fake.app)) as client:
         resp = await client.post("/v1/threads/runs", json=STREAM_REQUEST, headers=headers)
@@ -86,21 +144,41 @@ async def capture() -> tuple[list[bytes], bytes, str]:
         path = f"/v1/threads/{thread_id}/runs/{run_id}"
         poll = await client.get(path, headers=headers)
         await poll.read()
-    frames = [_template(w) for w in fake.responses[0].writes]
-    run_json = _template(fake.responses[1].body)
-    return frames, run_json, _template(path.encode()).decode()
+        for body in (RESPONSES_REQUEST, CHAT_REQUEST, {**CHAT_REQUEST, "stream_options": None}):
+            resp = await client.post("/v1/responses" if "input" in body else "/v1/chat/completions",
+                                     json={k: v for k, v in body.items() if v is not None}, headers=headers)
+            await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"the fake answered {resp.status}: {fake.responses[-1].body[:300]!r}")
+    sent = fake.responses
+    captured = Captured(frames=[_template(w) for w in sent[0].writes], run_json=_template(sent[1].body),
+                        path=_template(path.encode()).decode(),
+                        responses=[_template_responses(w) for w in sent[2].writes],
+                        chat=[_template_chat(w) for w in sent[3].writes],
+                        chat_no_usage=[_template_chat(w) for w in sent[4].writes])
+    # Ids of another shape would not be substituted: every request would repeat the same response id.
+    if HEX_PLACEHOLDER not in captured.responses[0] or PLACEHOLDER not in captured.chat[0]:
+        raise RuntimeError("the fake's resp_/chatcmpl- ids no longer have the shape the templates expect")
+    return captured
 
 
 class Upstream:
-    def __init__(self, frames: list[bytes], run_json: bytes, path: str, hold_timeout: float) -> None:
-        self.frames = frames
-        self.run_json = run_json
-        self.path = path
+    def __init__(self, captured: Captured, hold_timeout: float) -> None:
+        self.frames = captured.frames
+        self.run_json = captured.run_json
+        self.path = captured.path
+        self.responses = captured.responses
+        self.chat = captured.chat
+        self.chat_no_usage = captured.chat_no_usage
         self.hold_timeout = hold_timeout
         self.release = asyncio.Event()
         self.held = 0
         self.counter = itertools.count()
-        self.total_tokens = json.loads(run_json)["usage"]["total_tokens"]
+        self.total_tokens = json.loads(self.run_json)["usage"]["total_tokens"]
+        # The last frames carry the final usage: response.completed, and the chunk before [DONE].
+        completed = json.loads(self.responses[-1].split(b"data: ", 1)[1])
+        self.responses_total_tokens = completed["response"]["usage"]["total_tokens"]
+        self.chat_total_tokens = json.loads(self.chat[-2].split(b"data: ", 1)[1])["usage"]["total_tokens"]
         self.common = {"openai-version": "2020-10-01", "openai-organization": "org-runtapbench",
                        "openai-processing-ms": "1"}
 
@@ -108,6 +186,8 @@ class Upstream:
         app = web.Application()
         app.router.add_post("/v1/threads/runs", self.stream)
         app.router.add_get("/v1/threads/{thread_id}/runs/{run_id}", self.run)
+        app.router.add_post("/v1/responses", self.responses_stream)
+        app.router.add_post("/v1/chat/completions", self.chat_stream)
         app.router.add_get("/bench/info", self.info)
         # An OTLP/HTTP traces sink for bench.py's traced proxy: an empty ExportTraceServiceResponse.
         app.router.add_post("/v1/traces", self.traces)
@@ -125,12 +205,35 @@ class Upstream:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         await request.read()
         token, request_id = self._token(request)
+        return await self._write_frames(request, request_id, self.frames, PLACEHOLDER, token)
+
+    async def responses_stream(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        token, request_id = self._token(request)
+        # One hex() per request; the frames themselves stay precomputed bytes, as for Assistants.
+        return await self._write_frames(request, request_id, self.responses, HEX_PLACEHOLDER,
+                                        token.hex().encode())
+
+    async def chat_stream(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        token, request_id = self._token(request)
+        # The request is small: parsing it to honour include_usage is not per-event work.
+        try:
+            options = json.loads(body).get("stream_options") or {}
+        except (ValueError, AttributeError):
+            options = {}
+        frames = self.chat if isinstance(options, dict) and options.get("include_usage") else self.chat_no_usage
+        return await self._write_frames(request, request_id, frames, PLACEHOLDER, token)
+
+    async def _write_frames(self, request: web.Request, request_id: str, frames: list[bytes], placeholder: bytes,
+                            token: bytes) -> web.StreamResponse:
+        """Each frame its own write, its placeholder replaced by the request's token."""
         hold = request.headers.get("x-bench-hold") == "1"
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "x-request-id": request_id, **self.common})
         await resp.prepare(request)
         release = self.release
-        for i, frame in enumerate(self.frames):
+        for i, frame in enumerate(frames):
             if hold and i == HOLD_AFTER:
                 self.held += 1
                 try:
@@ -139,7 +242,7 @@ class Upstream:
                 finally:
                     self.held -= 1
             try:
-                await resp.write(frame.replace(PLACEHOLDER, token))
+                await resp.write(frame.replace(placeholder, token))
             except ConnectionResetError:  # the client (or proxy) went away: nothing to report
                 return resp
         await resp.write_eof()
@@ -162,6 +265,9 @@ class Upstream:
             "stream_request": STREAM_REQUEST,
             "answer": ANSWER,
             "total_tokens": self.total_tokens,
+            "hex_placeholder": HEX_PLACEHOLDER.decode(),
+            "responses": _stream_info("/v1/responses", RESPONSES_REQUEST, self.responses, self.responses_total_tokens),
+            "chat": _stream_info("/v1/chat/completions", CHAT_REQUEST, self.chat, self.chat_total_tokens),
         })
 
     async def traces(self, request: web.Request) -> web.Response:
@@ -175,6 +281,15 @@ class Upstream:
         released, self.release = self.release, asyncio.Event()
         released.set()
         return web.json_response({"released": self.held})
+
+
+def _stream_info(path: str, request: dict[str, object], frames: list[bytes], total_tokens: int) -> dict[str, object]:
+    """What the benchmark sends for a Responses or Chat stream, and what it must get back."""
+    tail = frames[-1][-16:]
+    if PLACEHOLDER in tail or HEX_PLACEHOLDER[:1] in tail:
+        raise ValueError("the stream's last bytes hold an id: they differ per request")
+    return {"path": path, "request": request, "events": len(frames), "stream_bytes": sum(map(len, frames)),
+            "tail": tail.decode(), "total_tokens": total_tokens}
 
 
 _HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -217,9 +332,10 @@ async def serve(host: str, port: int, port_file: str | None, hold_timeout: float
     if relay_to:
         app, what = relay_app(relay_to), f"bare relay to {relay_to}"
     else:
-        frames, run_json, path = await capture()
-        app = Upstream(frames, run_json, path, hold_timeout).app()
-        what = f"{len(frames)} events, {sum(map(len, frames))} bytes per stream"
+        captured = await capture()
+        app = Upstream(captured, hold_timeout).app()
+        what = ", ".join(f"{name} {len(frames)} events, {sum(map(len, frames))} bytes per stream" for name, frames in (
+            ("assistants", captured.frames), ("responses", captured.responses), ("chat", captured.chat)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
