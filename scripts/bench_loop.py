@@ -85,7 +85,7 @@ class Replayer:
 
 
 async def main(runs: int, repeat: int) -> None:
-    frames, _, _ = await bench_upstream.capture()
+    frames = (await bench_upstream.capture()).frames
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.model_validate({"server": {"upstream": "http://127.0.0.1:9"},
                                             "recorder": {"db": str(Path(tmp) / "unused.duckdb")}})

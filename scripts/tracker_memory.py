@@ -47,7 +47,7 @@ def feed(tracker: RunTracker, frames: list[bytes], body: bytes, n: int) -> None:
 
 
 def main(n: int) -> None:
-    frames, _, _ = asyncio.run(bench_upstream.capture())
+    frames = asyncio.run(bench_upstream.capture()).frames
     body = orjson.dumps(bench_upstream.STREAM_REQUEST)
     tracker = RunTracker(max(n, 1))
     gc.collect()
