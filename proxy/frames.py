@@ -37,16 +37,27 @@ lifecycle frame's bytes without its blank line, or a run of delta frames with th
 
 
 class FrameScanner:
-    """One per API: the event names it calls deltas (apis/base.py `Api.delta_events`)."""
+    """One per API: the event names it calls deltas (apis/base.py `Api.delta_events`), and the
+    pattern of a data-only frame's data that is one (`Api.delta_data`: Chat's frames have no name)."""
 
-    __slots__ = ("_not_delta", "delta_prefixes")
+    __slots__ = ("_data_delta", "_not_delta", "delta_prefixes")
 
-    def __init__(self, delta_events: Collection[str]) -> None:
+    def __init__(self, delta_events: Collection[str], delta_data: bytes | None = None) -> None:
         self.delta_prefixes = tuple(b"event: " + name.encode() + b"\n" for name in sorted(delta_events))
         """What a delta frame starts with (a tuple for `bytes.startswith`)."""
         names = b"|".join(re.escape(name.encode()) for name in sorted(delta_events))
+        alternatives = [rb"event: (?:" + names + rb")\n"] if names else []
+        if delta_data is not None:
+            alternatives.append(rb"data: " + delta_data)  # the frame's start says it: no scan to its end
+        self._data_delta = re.compile(rb"data: " + delta_data + rb"[^\n]*+\n\n") if delta_data is not None else None
         # Each frame start that is not a delta's; the literal prefix lets the engine search for it.
-        self._not_delta = re.compile(rb"\n\n(?!event: (?:" + names + rb")\n)" if names else rb"\n\n")
+        self._not_delta = re.compile(rb"\n\n(?!" + b"|".join(alternatives) + rb")" if alternatives else rb"\n\n")
+
+    def is_delta(self, frame: bytes) -> bool:
+        """A whole canonical frame (its blank line included) is a delta."""
+        if frame.startswith(self.delta_prefixes):
+            return True
+        return self._data_delta is not None and self._data_delta.fullmatch(frame) is not None
 
     def scan(self, buf: bytes, end: int) -> list[Piece] | None:
         """`buf[:end]` (FRAME_START, then whole frames: `end` is just past a blank line) as pieces
@@ -159,7 +170,7 @@ class BatchFramer:
             return self._decode([frame], [arrived])
         seq = self.frames
         self.frames = seq + 1
-        if frame.startswith(self._scanner.delta_prefixes):
+        if self._scanner.is_delta(frame):
             return [(RUN_OF_DELTAS, seq, 1, frame, arrived)]
         return [(FRAME, seq, _event(frame[:-2]), None, arrived)]
 

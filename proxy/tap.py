@@ -50,7 +50,8 @@ _SCANNERS: dict[Api | None, FrameScanner] = {}
 def _scanner(api: Api | None) -> FrameScanner:
     scanner = _SCANNERS.get(api)
     if scanner is None:
-        scanner = _SCANNERS[api] = FrameScanner(api.delta_events if api is not None else ())
+        scanner = _SCANNERS[api] = FrameScanner(api.delta_events if api is not None else (),
+                                                api.delta_data if api is not None else None)
     return scanner
 
 

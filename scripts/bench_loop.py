@@ -12,7 +12,11 @@ recorder, metrics and budgets observers added; and the whole set under CPython's
 garbage-collector settings against ``proxy.gc_policy`` (what ``runtap serve`` applies), after a
 warm-up that leaves a few thousand runs tracked, as a running proxy has.
 
-    python scripts/bench_loop.py [--runs 3000] [--repeat 3]
+    python scripts/bench_loop.py [--runs 3000] [--repeat 3] [--kind stream|responses|chat]
+
+`--kind responses` and `--kind chat` replay the benchmark's streamed Response (60 events) and Chat
+stream (60 frames, with include_usage) instead of the Assistants run; `--chat-parsed` parses every
+Chat chunk as runtap did before its content chunks were deltas.
 """
 
 from __future__ import annotations
@@ -39,13 +43,19 @@ from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observers
 from proxy.tap import Tap
 
-PATH = "/v1/threads/runs"
-BODY = json.dumps(bench_upstream.STREAM_REQUEST).encode()
+KINDS = {
+    "stream": ("/v1/threads/runs", json.dumps(bench_upstream.STREAM_REQUEST).encode()),
+    "responses": ("/v1/responses", b'{"model":"gpt-4o","input":"hi","stream":true}'),
+    "chat": ("/v1/chat/completions", b'{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},'
+             b'"messages":[{"role":"user","content":"hi"}]}'),
+}
 
 
 class Replayer:
-    def __init__(self, parts: Parts, frames: list[bytes]) -> None:
+    def __init__(self, parts: Parts, frames: list[bytes], kind: str = "stream") -> None:
         self.parts = parts
+        self.path, self.body = KINDS[kind]
+        self.placeholder = bench_upstream.HEX_PLACEHOLDER if kind == "responses" else bench_upstream.PLACEHOLDER
         self.observers = parts.observers
         self.frames = frames
         self.counter = itertools.count()
@@ -54,15 +64,17 @@ class Replayer:
     def run(self) -> None:
         """One streamed run through the tap, as forward.py and deferred_tap.DeferredTap drive it."""
         token = f"LOOP{next(self.counter):016d}".encode()
+        if len(self.placeholder) != len(token):
+            token = token.hex().encode()  # Responses ids are hex
         observers, tracker = self.observers, self.parts.tracker
-        ex = Exchange(classify("POST", PATH), "POST", PATH, "", "sha256:0123456789abcdef", BODY)
+        ex = Exchange(classify("POST", self.path), "POST", self.path, "", "sha256:0123456789abcdef", self.body)
         ex.t_sent = time.perf_counter()
         observers.exchange_started(ex)
         ex.status, ex.content_type = 200, "text/event-stream; charset=utf-8"
         ex.t_upstream_headers = ex.t_headers = time.perf_counter()
         tap = Tap(ex, tracker, observers, 1 << 24)
         tap.response_started(ex.content_type, None)
-        chunks = [frame.replace(bench_upstream.PLACEHOLDER, token) for frame in self.frames]
+        chunks = [frame.replace(self.placeholder, token) for frame in self.frames]
         times = [time.time()] * len(chunks)
         if self.batch:  # the proxy's DeferredTap hands a fast stream over in one batch
             tap.feed_batch(chunks, times)
@@ -84,13 +96,14 @@ class Replayer:
         return (time.process_time() - start) / runs * 1e6
 
 
-async def main(runs: int, repeat: int) -> None:
-    frames = (await bench_upstream.capture()).frames
+async def main(runs: int, repeat: int, kind: str) -> None:
+    captured = await bench_upstream.capture()
+    frames = {"stream": captured.frames, "responses": captured.responses, "chat": captured.chat}[kind]
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.model_validate({"server": {"upstream": "http://127.0.0.1:9"},
                                             "recorder": {"db": str(Path(tmp) / "unused.duckdb")}})
         parts = make_app(settings)[PARTS]
-        replayer = Replayer(parts, frames)
+        replayer = Replayer(parts, frames, kind)
         every = parts.observers._observers  # recorder, metrics, budgets
         print(f"{len(frames)} events, {sum(map(len, frames)):,} bytes per run; {runs:,} runs, best of {repeat}")
         print("| observers | GC | loop CPU per run |")
@@ -127,5 +140,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--kind", choices=sorted(KINDS), default="stream")
+    parser.add_argument("--chat-parsed", action="store_true",
+                        help="parse every Chat chunk, as before content chunks were deltas (for a before/after)")
     args = parser.parse_args()
-    asyncio.run(main(args.runs, args.repeat))
+    if args.chat_parsed:
+        from proxy.apis.chat.api import ChatApi
+
+        ChatApi.delta_data = None
+    asyncio.run(main(args.runs, args.repeat, args.kind))

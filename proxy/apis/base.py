@@ -81,6 +81,9 @@ class Api:
 
     delta_events: ClassVar[frozenset[str]] = frozenset()
     """SSE event names this API never needs parsed live: its streams' deltas."""
+    delta_data: ClassVar[bytes | None] = None
+    """For an API whose frames have no event name: a regex (bytes, one line) that a data-only
+    frame's data is a delta of (frames.py matches it in C)."""
 
     def deltas(self, ex: Exchange, frames: bytes, store: RunStore) -> bool:
         """A run of delta frames (canonical SSE: `event: <a delta_events name>\ndata: ...\n\n`,

@@ -1,8 +1,11 @@
 """Chat Completions on the core's interface (apis/base.py): routes.py's routes, stitch.py's turns.
 
 A Chat stream's frames are data-only (`data: {chunk}`, then `data: [DONE]`, §9): with no event
-name to tell a delta by, every chunk is parsed and folded (its fragments appended), which costs a
-parse per chunk on the loop where Responses and Assistants deltas cost none.
+name to tell a delta by, a chunk is a delta when its data has the shape of OpenAI's content chunk
+(`delta_data`, matched in C by frames.py): one choice, index 0, whose delta is only `content`,
+no finish reason. Those are kept as bytes and read when the answer's text is needed (stitch.py);
+every other chunk (the first, tool-call fragments, the finish, usage, Azure's other key order) is
+parsed and folded.
 """
 
 from __future__ import annotations
@@ -20,13 +23,27 @@ if TYPE_CHECKING:
     from ...runs import RunStore, State
 
 
+# The start of a content chunk as api.openai.com writes it: `{"id":...,"object":"chat.completion.chunk",
+# "created":...,"model":...,["service_tier":...,]["system_fingerprint":...,]"choices":[{"index":0,
+# "delta":{"content":"..."},"logprobs":null,"finish_reason":null}]`. No lazy or nested repetition:
+# frames.py tries it at every frame start, so it must fail or match in one pass.
+CONTENT_CHUNK = (rb'\{"id":"[^"\n]*","object":"chat\.completion\.chunk","created":\d+,"model":"[^"\n]*",'
+                 rb'(?:"service_tier":"[^"\n]*",)?(?:"system_fingerprint":(?:"[^"\n]*"|null),)?'
+                 rb'"choices":\[\{"index":0,"delta":\{"content":"(?:[^"\\\n]|\\.)*+"\},"logprobs":null,'
+                 rb'"finish_reason":null\}\]')
+
+
 class ChatApi(Api):
     name = "chat"
+    delta_data = CONTENT_CHUNK
     output_limits = ("max_completion_tokens", "max_tokens")  # max_tokens: the older name, still sent
 
     def classify(self, method: str, path: str) -> Route | None:
         route = classify(method, path, self)
         return None if route.api is None else route
+
+    def deltas(self, ex: Exchange, frames: bytes, store: RunStore) -> bool:
+        return tracker(store).deltas(ex.request_id, frames)
 
     def fold(self, ex: Exchange, obj: dict[str, Any], store: RunStore, seen: Seen) -> list[State]:
         kind = obj.get("object")

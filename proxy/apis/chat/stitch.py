@@ -12,10 +12,13 @@ completion is known, finishes, reports usage, or its exchange ends.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from ...runs import MessageState, ModelCall, OpenTurns, RunState, RunStore, Seen, State, ToolCallState
 
@@ -31,7 +34,8 @@ class Completion:
     request_id: str
     completion_id: str | None = None
     model: str | None = None
-    content: list[str] = field(default_factory=list)
+    content: list[str | bytes] = field(default_factory=list)
+    """Its text in pieces: strings, and runs of content-chunk frames not read yet (bytes)."""
     calls: dict[int, ToolCallState] = field(default_factory=dict)
     finish_reason: str | None = None
     usage: tuple[int | None, int | None, int | None] | None = None
@@ -96,6 +100,14 @@ class ChatTracker:
             completion.usage, completion.details = _usage(usage), _details(usage)
             notable = True
         return begun + self._states(completion, seen, final=completion.usage is not None) if notable else []
+
+    def deltas(self, request_id: str, frames: bytes) -> bool:
+        """A run of content chunks (api.CONTENT_CHUNK), kept as bytes until the text is needed."""
+        completion = self._open.get(request_id)
+        if completion is None or completion.completion_id is None:
+            return False  # before the first chunk: parsed and folded like any
+        completion.content.append(frames)
+        return True
 
     def completion(self, request_id: str, obj: dict[str, Any], seen: Seen) -> list[State]:
         """A whole `chat.completion` (a JSON body)."""
@@ -179,7 +191,7 @@ class ChatTracker:
         run.ended_at = seen.at if run.status in ("completed", "incomplete", "truncated") else None
         message = MessageState(completion.completion_id, run_id=run.run_id, role="assistant",
                                status=None if reason is None else "incomplete" if reason in _REASON or
-                               reason == "truncated" else "completed", snapshot_text="".join(completion.content),
+                               reason == "truncated" else "completed", snapshot_text=_text(completion),
                                completed_at=seen.at if reason is not None else None)
         self._store.adopt(run)
         self.open_turns.touch(run, seen.at)
@@ -202,6 +214,34 @@ class ChatTracker:
             while len(self._calls) > 4 * self._store.max_runs:
                 self._calls.popitem(last=False)
         return list(completion.calls.values())
+
+def _text(completion: Completion) -> str:
+    """The answer so far; runs of content chunks are read here, once (one JSON parse per run)."""
+    parts = completion.content
+    for i, part in enumerate(parts):
+        if isinstance(part, bytes):
+            parts[i] = "".join(_contents(part))
+    return "".join(parts)  # type: ignore[arg-type]  # all str now
+
+
+_CONTENT = re.compile(rb'"delta":\{"content":("(?:[^"\\\n]|\\.)*+")\}')
+"""A content chunk's text, as a JSON string (the chunk's shape is api.CONTENT_CHUNK's)."""
+
+
+def _contents(frames: bytes) -> list[str]:
+    """The texts of a run of content chunks: their JSON strings found in C, decoded in one parse."""
+    strings = _CONTENT.findall(frames)
+    try:
+        texts = orjson.loads(b"[" + b",".join(strings) + b"]")
+    except orjson.JSONDecodeError:  # a string the pattern took but JSON does not: one by one
+        texts = []
+        for string in strings:
+            try:
+                texts.append(orjson.loads(string))
+            except orjson.JSONDecodeError:
+                continue
+    return [t for t in texts if isinstance(t, str)]
+
 
 def _fold_delta(completion: Completion, delta: dict[str, Any]) -> None:
     if isinstance(delta.get("content"), str):
