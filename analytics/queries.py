@@ -33,14 +33,24 @@ limit ?
 # its tool calls and its message. `$1` is the run id. A polled run's steps are recorded only if the
 # client listed them: its tool calls (from required_action) then have no step and follow the run
 # row. Tool calls carry runtap's clock (requested_at/submitted_at), not the upstream's: no offset.
+# A Responses turn has no steps: its responses stand in their place (in the order runtap saw them,
+# timed by runtap's clock from the first one), each followed by the tool calls it asked for and its
+# output items (a message's text, reasoning, built-in tool calls; function calls are the tool calls).
 TIMELINE = """
 with run as (select * from runs_summary where run_id = $1),
 steps as (
     select l.*, s.message_id from step_latency l join run_steps s using (step_id) where l.run_id = $1
+),
+turn as (
+    select r.*, coalesce(q.started_at, r.first_seen_at) as asked_at,
+           row_number() over (order by r.first_seen_at, r.response_id) as response_index,
+           min(coalesce(q.started_at, r.first_seen_at)) over () as turn_seen_at
+    from responses r left join requests q on q.request_id = r.request_id where r.run_id = $1
 )
 select * from (
     select 'run' as kind, 0 as step, 0 as item, run_id as id, status, created_at as started_at, 0.0 as offset_ms,
-           duration_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, assistant_id as name,
+           duration_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd,
+           coalesce(assistant_id, (select api || ' turn' from runs where run_id = $1 and api <> 'assistants')) as name,
            model as detail, null::varchar as output,
            (select sum(client_ms) from tool_round_latency where run_id = $1) as client_ms,
            coalesce(last_error_code || ': ' || last_error_message, 'incomplete: ' || incomplete_reason) as error
@@ -52,13 +62,30 @@ select * from (
            s.last_error_code || ': ' || s.last_error_message as error
     from steps s, run
     union all by name
-    select 'tool_call' as kind, coalesce(s.step_index, 0) as step, 1 + coalesce(c.call_index, 0) as item,
+    select 'response' as kind, t.response_index as step, 0 as item, t.response_id as id, t.status,
+           t.asked_at as started_at, (epoch_us(t.asked_at) - epoch_us(t.turn_seen_at)) / 1000.0 as offset_ms,
+           case when t.status not in ('queued', 'in_progress')
+                then (epoch_us(t.last_seen_at) - epoch_us(t.asked_at)) / 1000.0 end as duration_ms,
+           t.input_tokens as prompt_tokens, t.output_tokens as completion_tokens, t.total_tokens,
+           t.model as name, t.link_kind as detail,
+           coalesce(t.error_code || ': ' || t.error_message, 'incomplete: ' || t.incomplete_reason) as error
+    from turn t
+    union all by name
+    select 'item' as kind, t.response_index as step, 1000 + i.output_index as item, i.item_id as id, i.status,
+           i.added_at as started_at, (epoch_us(i.added_at) - epoch_us(t.turn_seen_at)) / 1000.0 as offset_ms,
+           (epoch_us(i.done_at) - epoch_us(i.added_at)) / 1000.0 as duration_ms, i.type as name,
+           coalesce(i.text, i.arguments) as detail
+    from response_items i join turn t using (response_id)
+    where i.source = 'output' and i.type not in ('function_call', 'custom_tool_call')
+    union all by name
+    select 'tool_call' as kind, coalesce(s.step_index, t.response_index, 0) as step,
+           1 + coalesce(c.call_index, 0) as item,
            c.tool_call_id as id,
            case when c.type <> 'function' then null when c.submitted_at is null then 'not submitted'
                 else 'submitted' end as status,
            c.requested_at as started_at, c.name, c.arguments as detail, c.output,
            (epoch_us(c.submitted_at) - epoch_us(c.requested_at)) / 1000.0 as client_ms
-    from tool_calls c left join steps s using (step_id)
+    from tool_calls c left join steps s using (step_id) left join turn t on t.response_id = c.step_id
     where c.run_id = $1
     union all by name
     select 'message' as kind, coalesce(s.step_index, 1000000) as step, 1000 as item, m.message_id as id, m.status,

@@ -143,12 +143,17 @@ def _run_lines(item: dict[str, Any]) -> list[str]:
     client = f" · client tool time {duration(item['client_ms'])}" if item["client_ms"] is not None else ""
     lines = [
         f"run {item['id']}  {item['status']}",
-        f"  assistant {item['name']} · model {item['detail']} · created {timestamp(item['started_at'])} UTC",
+        f"  {_who(item['name'])} · model {item['detail']} · created {timestamp(item['started_at'])} UTC",
         f"  duration {duration(item['duration_ms'])}{client} · {_tokens(item)} · {priced}",
     ]
     if item["error"]:
         lines.append(f"  {item['error']}")
     return [*lines, ""]
+
+
+def _who(name: str | None) -> str:
+    """`assistant asst_...` for an Assistants run; a Responses or Chat turn says what it is."""
+    return name if name is not None and name.endswith(" turn") else f"assistant {name}"
 
 
 def _step_lines(item: dict[str, Any]) -> list[str]:
@@ -179,4 +184,16 @@ def _detail(label: str, text: str | None) -> list[str]:
     return [f"        {label if i == 0 else '':<9} {w}" for i, w in enumerate(wrapped)]
 
 
-_TIMELINE_LINES = {"run": _run_lines, "step": _step_lines, "tool_call": _call_lines, "message": _message_lines}
+def _response_lines(item: dict[str, Any]) -> list[str]:
+    link = f"  joined by {item['detail']}" if item["detail"] not in (None, "none") else ""
+    head = (f"  +{duration(item['offset_ms'])}  response {item['step']}  {item['name']}  {item['status']}"
+            f"  {duration(item['duration_ms'])}  {_tokens(item)}  {item['id']}{link}")
+    return [head] + ([f"      {item['error']}"] if item["error"] else [])
+
+
+def _item_lines(item: dict[str, Any]) -> list[str]:
+    return [f"      {item['name']}  {item['status'] or ''}  {item['id']}".rstrip(), *_detail("text", item["detail"])]
+
+
+_TIMELINE_LINES = {"run": _run_lines, "step": _step_lines, "tool_call": _call_lines, "message": _message_lines,
+                   "response": _response_lines, "item": _item_lines}

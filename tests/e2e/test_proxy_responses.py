@@ -195,3 +195,35 @@ async def test_the_clients_tool_time_of_a_turn_is_observed_once_per_call(fake, c
     second = await client.responses.create(model="gpt-4o", previous_response_id=first.id, input=[output])
     await client.responses.retrieve(second.id)  # a later snapshot of the call observes nothing again
     assert parts.registry.get_sample_value("runtap_tool_call_client_seconds_count", {"name": "get_weather"}) == 1
+
+
+async def test_runtap_run_shows_a_turns_responses_tool_calls_and_answer(fake, client, parts, recorded):
+    from analytics.db import result_of
+    from analytics.queries import timeline
+    from analytics.render import as_timeline
+
+    class Live:  # the recording through the running proxy's own connection (it holds the file)
+        def query(self, sql, params=None):
+            with parts.writer.cursor() as cur:
+                cur.execute("set TimeZone = 'UTC'")
+                c = cur.execute(sql, params or [])
+                return result_of(c, c.fetchall())
+
+    fake.enqueue_response(ResponseScript.function_call("get_weather", {"city": "Oslo"}, input_tokens=40))
+    fake.enqueue_response(ResponseScript.of(Reasoning(reasoning_tokens=9), Message("Cold and clear."), input_tokens=70))
+    first = await client.responses.create(model="gpt-4o", input="Oslo?", tools=[WEATHER])
+    [call] = first.output
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "-3C"}  # type: ignore[union-attr]
+    second = await client.responses.create(model="gpt-4o", previous_response_id=first.id, input=[output])
+    await recorded()
+    result = timeline(Live(), first.id)
+    items = result.records()
+    assert [(i["kind"], i["step"], i["id"] if i["kind"] == "response" else i["name"]) for i in items] == [
+        ("run", 0, "responses turn"), ("response", 1, first.id), ("tool_call", 1, "get_weather"),
+        ("response", 2, second.id),
+        ("item", 2, "reasoning"), ("item", 2, "message")]
+    assert items[2]["output"] == "-3C" and items[2]["client_ms"] >= 0
+    assert items[3]["detail"] == "previous_response_id" and items[3]["prompt_tokens"] == 70
+    text = as_timeline(result)
+    assert f"response 2  {second.model}  completed" in text and "joined by previous_response_id" in text
+    assert "        text      Cold and clear.\n" in text

@@ -290,9 +290,6 @@ class ResponseTracker:
         # row and the summed usage, never the turn's status.
         latest = next(reversed(turn.responses.values()))
         run.model = latest.model or run.model
-        first = next(iter(turn.responses.values()))
-        run.created_at = first.created_at
-        run.started_at = run.started_at or first.created_at
         for name, field_name in (("prompt_tokens", "input_tokens"), ("completion_tokens", "output_tokens"),
                                  ("total_tokens", "total_tokens")):
             values = [getattr(r, field_name) for r in turn.responses.values() if getattr(r, field_name) is not None]
@@ -303,7 +300,10 @@ class ResponseTracker:
         run.status = status
         run.incomplete_reason = latest.incomplete_reason
         run.last_error_code, run.last_error_message = latest.error_code, latest.error_message
-        run.ended_at = latest.ended_at if status in RUN_TERMINAL or status == "truncated" else None
+        # A turn is runtap's, not an upstream object: its times are runtap's clock (first_seen_at to
+        # when runtap saw it end), as a Chat turn's; the responses keep their own timestamps as data.
+        ended = status in RUN_TERMINAL or status == "truncated"
+        run.ended_at = (run.ended_at or seen.at) if ended else None
         self._store.adopt(run)
         self.open_turns.touch(run, seen.at)
         return [run]
