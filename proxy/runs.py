@@ -202,6 +202,8 @@ class ModelCall:
     conversation_id: str | None = None
     tools: tuple[tuple[str, str, datetime | None, datetime | None], ...] = ()
     """Built-in tools it ran upstream (web search, code interpreter, ...): (item id, type, added, done)."""
+    text: str | None = None
+    """Its answer's text so far (content: spans carry it only with capture_content)."""
 
 
 State = Any

@@ -124,13 +124,38 @@ def input_content(body: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def turn_input_content(body: dict[str, Any]) -> dict[str, str]:
+    """Opt-in content from a Responses create or a Chat request: instructions, and the messages and
+    tool results it sends (a Responses `input` string is one user message)."""
+    out: dict[str, str] = {}
+    if isinstance(body.get("instructions"), str):
+        out[GEN_AI_SYSTEM_INSTRUCTIONS] = orjson.dumps([{"type": "text", "content": body["instructions"]}]).decode()
+    items = body.get("input", body.get("messages"))
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    messages: list[dict[str, Any]] = []
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, dict):
+            continue
+        if "role" in item:
+            messages.append(_message(item))
+        elif isinstance(item.get("type"), str) and item["type"].endswith("_output"):
+            messages.append({"role": "tool", "parts": [{"type": "tool_call_response", "id": item.get("call_id"),
+                                                        "response": item.get("output")}]})
+    if messages:
+        out[GEN_AI_INPUT_MESSAGES] = orjson.dumps(messages).decode()
+    return out
+
+
 def _message(m: dict[str, Any]) -> dict[str, Any]:
     content = m.get("content")
     if isinstance(content, str):
         parts = [{"type": "text", "content": content}]
     else:
-        parts = [{"type": "text", "content": p["text"]} for p in content or ()
-                 if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        parts = [{"type": "text", "content": p["text"]} for p in content if isinstance(p, dict)
+                 and isinstance(p.get("text"), str)] if isinstance(content, list) else []
+    if m.get("role") == "tool" and isinstance(m.get("tool_call_id"), str):  # a Chat tool result
+        parts = [{"type": "tool_call_response", "id": m["tool_call_id"], "response": content}]
     return {"role": m.get("role"), "parts": parts}
 
 

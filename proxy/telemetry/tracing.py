@@ -219,7 +219,8 @@ def make_tracing(settings: Settings, tracker: RunStore | None = None, *,
         upstream=settings.server.upstream, capture_content=telemetry.capture_content,
         max_open_runs=telemetry.max_open_runs, abandoned_run_s=telemetry.abandoned_run_s,
     )
-    turns = TurnTracing(spans, upstream_attributes=observer.server_attributes, max_open_runs=telemetry.max_open_runs,
+    turns = TurnTracing(spans, upstream_attributes=observer.server_attributes,
+                        capture_content=telemetry.capture_content, max_open_runs=telemetry.max_open_runs,
                         abandoned_run_s=telemetry.abandoned_run_s)
     if registry is not None:
         registry.register(TracingCollector(counting, pipeline, observer, turns))

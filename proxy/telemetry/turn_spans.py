@@ -81,8 +81,10 @@ class TurnTracing(Observer):
     name = "turn_tracing"
 
     def __init__(self, spans: Spans, *, upstream_attributes: dict[str, Any] | None = None,
-                 max_open_runs: int = 10_000, abandoned_run_s: float = 3600.0, clock_ns: Any = time.time_ns) -> None:
+                 capture_content: bool = False, max_open_runs: int = 10_000, abandoned_run_s: float = 3600.0,
+                 clock_ns: Any = time.time_ns) -> None:
         self._spans = spans
+        self._capture = capture_content
         self._server = upstream_attributes or {}
         self._max_open = max_open_runs
         self._idle_ns = int(abandoned_run_s * 1e9)
@@ -257,6 +259,8 @@ class TurnTracing(Observer):
             value = body.get(key)
             if isinstance(value, str | int | float) and not isinstance(value, bool):
                 attributes[name] = value
+        if self._capture:
+            attributes.update(sc.turn_input_content(body))
         model = attributes.get(sc.GEN_AI_REQUEST_MODEL)
         start_ns = _ns(ex.started_at)
         span = self._spans.start(f"{sc.OP_CHAT} {model}" if model else sc.OP_CHAT, SpanKind.CLIENT, attributes,
@@ -314,6 +318,8 @@ class TurnTracing(Observer):
             span.attributes[sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = state.reasoning_tokens
         if state.finish_reason:
             span.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (state.finish_reason,)
+        if self._capture and state.text:
+            span.attributes[sc.GEN_AI_OUTPUT_MESSAGES] = sc.output_messages(state.text)
         if state.status == "failed":
             sc.record_error(span, state.error_code or "failed", state.error_message)
         elif state.status in ("cancelled", "truncated"):
@@ -340,12 +346,17 @@ class TurnTracing(Observer):
         if span is None:
             parent = turn.calls.get(tool.step_id or "") or turn.span
             name = tool.name or tool.type or "tool"
+            attributes: dict[str, Any] = {
+                sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.GEN_AI_TOOL_NAME: name,
+                sc.GEN_AI_TOOL_CALL_ID: tool.tool_call_id, sc.GEN_AI_TOOL_TYPE: sc.TOOL_TYPE_FUNCTION, INFERRED: True}
+            if self._capture and tool.arguments is not None:
+                attributes[sc.GEN_AI_TOOL_CALL_ARGUMENTS] = tool.arguments
             span = turn.tools[tool.tool_call_id] = self._spans.start(
-                f"{sc.OP_EXECUTE_TOOL} {name}", SpanKind.INTERNAL,
-                {sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.GEN_AI_TOOL_NAME: name,
-                 sc.GEN_AI_TOOL_CALL_ID: tool.tool_call_id, sc.GEN_AI_TOOL_TYPE: sc.TOOL_TYPE_FUNCTION,
-                 INFERRED: True}, max(_ns(tool.requested_at), turn.start_ns), parent)
+                f"{sc.OP_EXECUTE_TOOL} {name}", SpanKind.INTERNAL, attributes,
+                max(_ns(tool.requested_at), turn.start_ns), parent)
         if tool.submitted_at is not None:
+            if self._capture and tool.output is not None:
+                span.attributes[sc.GEN_AI_TOOL_CALL_RESULT] = tool.output
             self._spans.end(span, max(_ns(tool.submitted_at), span.start_ns))
             del turn.tools[tool.tool_call_id]
             turn.done.add(tool.tool_call_id)

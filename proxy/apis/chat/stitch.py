@@ -199,7 +199,7 @@ class ChatTracker:
         status = None if not final else "truncated" if reason == "truncated" else \
             "incomplete" if reason in _REASON else "completed"
         call = ModelCall(completion.completion_id, completion.model, final, *usage, status, *completion.details,
-                         None if reason == "truncated" else reason)
+                         None if reason == "truncated" else reason, text=message.snapshot_text)
         return [*changed, call, message, run]
 
     def _begin_calls(self, completion: Completion, turn: Turn, seen: Seen) -> list[State]:

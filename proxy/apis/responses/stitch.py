@@ -334,9 +334,11 @@ def model_call(state: ResponseState) -> ModelCall:
         reason = "length" if state.incomplete_reason == "max_output_tokens" else state.incomplete_reason
     tools = tuple((row.item_id, row.type, row.added_at, row.done_at) for row in state.items.values()
                   if row.type is not None and row.type not in CLIENT_CALLS and row.type in BUILTIN_TOOLS)
+    texts = [row.text for row in state.items.values() if row.type == "message" and row.text]
     return ModelCall(state.response_id, state.model, status in RESPONSE_TERMINAL, state.input_tokens,
                      state.output_tokens, state.total_tokens, status, state.cached_tokens, state.reasoning_tokens,
-                     reason, state.error_code, state.error_message, state.conversation_id, tools)
+                     reason, state.error_code, state.error_message, state.conversation_id, tools,
+                     "".join(texts) if texts else None)
 
 
 def _merge(state: ResponseState, obj: dict[str, Any], seen: Seen) -> None:

@@ -132,6 +132,37 @@ async def test_a_refused_create_ends_its_spans_with_the_status(fake, client, spa
     assert chat.status.status_code is StatusCode.ERROR
 
 
+@pytest.mark.parametrize("telemetry", [{"capture_content": True}, {}], ids=["capture_content", "default"])
+async def test_content_on_turn_spans_only_with_capture_content(fake, client, spans, telemetry):
+    import json
+
+    fake.enqueue_response(ResponseScript.function_call("get_weather", {"city": "Paris"}))
+    fake.enqueue_response(ResponseScript.text("Sunny in Paris."))
+    first = await client.responses.create(model="gpt-4o", input="Weather in Paris?", instructions="Be brief.",
+                                          tools=[WEATHER])
+    [call] = first.output
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}  # type: ignore[union-attr]
+    await client.responses.create(model="gpt-4o", previous_response_id=first.id, input=[output])
+    named = _named(spans)
+    asking, answering = sorted(named["chat gpt-4o"], key=lambda s: s.start_time)
+    [tool] = named["execute_tool get_weather"]
+    content = {sc.GEN_AI_INPUT_MESSAGES, sc.GEN_AI_OUTPUT_MESSAGES, sc.GEN_AI_SYSTEM_INSTRUCTIONS,
+               sc.GEN_AI_TOOL_CALL_ARGUMENTS, sc.GEN_AI_TOOL_CALL_RESULT}
+    if not telemetry:
+        assert all(not content & set(s.attributes) for s in spans.get_finished_spans())
+        return
+    assert json.loads(asking.attributes[sc.GEN_AI_INPUT_MESSAGES]) == [
+        {"role": "user", "parts": [{"type": "text", "content": "Weather in Paris?"}]}]
+    assert json.loads(asking.attributes[sc.GEN_AI_SYSTEM_INSTRUCTIONS]) == [{"type": "text", "content": "Be brief."}]
+    assert json.loads(answering.attributes[sc.GEN_AI_INPUT_MESSAGES]) == [
+        {"role": "tool", "parts": [{"type": "tool_call_response", "id": call.call_id,  # type: ignore[union-attr]
+                                    "response": "sunny"}]}]
+    assert json.loads(answering.attributes[sc.GEN_AI_OUTPUT_MESSAGES]) == [
+        {"role": "assistant", "parts": [{"type": "text", "content": "Sunny in Paris."}]}]
+    assert json.loads(tool.attributes[sc.GEN_AI_TOOL_CALL_ARGUMENTS]) == {"city": "Paris"}
+    assert tool.attributes[sc.GEN_AI_TOOL_CALL_RESULT] == "sunny"
+
+
 # -- the observer alone -----------------------------------------------------------------------------
 
 def _tracing(now_ns: list[int]) -> tuple[TurnTracing, list[SpanRecord]]:
