@@ -209,6 +209,11 @@ class SocketTap:
             return streaming
         return next((e for e in line if not e.answered and e.ex is not None), None)
 
+    @property
+    def injecting(self) -> bool:
+        """runtap's own frames are waiting for a server frame boundary."""
+        return bool(self._inject)
+
     def take_injected(self) -> bytes:
         """runtap's own frames for the client, once no server frame or message is half-way to it."""
         if not self._inject or (self._server is not None and (

@@ -131,7 +131,7 @@ class Tunnel:
             self._closing(socket)
 
     def _closing(self, socket: SocketTap) -> None:
-        if socket.closing and not socket.take_injected():
+        if socket.closing and not socket.injecting:
             # The refused message cannot be left out of a compressed stream: the socket ends here.
             if self._up is not None and self._up.transport is not None:
                 self._up.transport.close()

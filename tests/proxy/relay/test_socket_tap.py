@@ -249,9 +249,19 @@ def test_a_compressed_refusal_relays_the_frames_before_it_then_closes():
         mask=True, extensions=[deflate])
     b = Frame(Opcode.TEXT, orjson.dumps({"type": "response.create", "model": "m", "input": "B"})).serialize(
         mask=True, extensions=[deflate])
+    half = server_frame(b'{"type":"response.created","sequence_number":0}')
+    tunnel.from_upstream(half[:5])  # a server frame half-way to the client
     tunnel.from_client(a + b)  # both in one read: A admitted, B refused
     up = tunnel._up.transport
     assert b"".join(up.writes) == a, "A (admitted, recorded, charged) never reached the upstream"
+    # The refusal waits for the server frame's end, and the socket closes only after it.
+    client = tunnel.client.transport
+    assert not client.closed and not up.closed
+    tunnel.from_upstream(half[5:])
+    assert up.closed and client.closed and not client.after_close
+    written = b"".join(client.writes)
+    assert written.endswith(b"runtap: request refused") and b'"status":429' in written
+    assert written.index(half[5:]) < written.index(b'"status":429')  # whole frames, in order
 
 
 def test_a_frame_with_a_newline_in_its_json_is_recorded_whole():
