@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from ...runs import RUN_TERMINAL, ModelCall, OpenTurns, RunState, RunStore, Seen, State, ToolCallState
-from .states import BUILTIN_TOOLS, CLIENT_CALLS, RESPONSE_TERMINAL, ResponseItemState, ResponseState
+from ...runs import RUN_TERMINAL, OpenTurns, RunState, RunStore, Seen, State, ToolCallState
+from .objects import int_of, merge, message_text, model_call, partial_items, str_of
+from .states import CLIENT_CALLS, RESPONSE_TERMINAL, ResponseItemState, ResponseState
 
 
 @dataclass(slots=True)
@@ -84,7 +85,7 @@ class ResponseTracker:
         previous = body.get("previous_response_id")
         self._requests[request_id] = Request(
             previous if isinstance(previous, str) else None, conversation if isinstance(conversation, str) else None,
-            results, user_input or not results, _int(body.get("max_output_tokens")),
+            results, user_input or not results, int_of(body.get("max_output_tokens")),
             body.get("background") if isinstance(body.get("background"), bool) else None,
             body.get("store") if isinstance(body.get("store"), bool) else None, at)
 
@@ -111,7 +112,7 @@ class ResponseTracker:
         else:
             self.responses.move_to_end(response_id)
         was_terminal = state.status in RESPONSE_TERMINAL
-        _merge(state, obj, seen)
+        merge(state, obj, seen)
         output = obj.get("output")
         for index, item in enumerate(output if isinstance(output, list) else ()):
             if isinstance(item, dict):
@@ -143,8 +144,8 @@ class ResponseTracker:
             return []
         nested = error.get("error")
         details = nested if isinstance(nested, dict) else error
-        state.error_code = _str(details.get("code")) or state.error_code
-        state.error_message = _str(details.get("message")) or state.error_message
+        state.error_code = str_of(details.get("code")) or state.error_code
+        state.error_message = str_of(details.get("message")) or state.error_message
         return [state]
 
     def deltas(self, response_id: str | None, frames: bytes) -> None:
@@ -162,7 +163,7 @@ class ResponseTracker:
         if state is None or state.status in RESPONSE_TERMINAL or state.status == "truncated" or state.background:
             return []
         changed: list[State] = []
-        for item in _partial_items(state):
+        for item in partial_items(state):
             changed.append(item)
         state.status, state.ended_at, state.last_seen_at = "truncated", seen.at, seen.at
         state.delta_frames = []
@@ -206,7 +207,7 @@ class ResponseTracker:
         if previous is not None and previous.run_id in self._turns:
             return self._turns[previous.run_id], "previous_response_id"
         for _, item in reversed(request.results):  # the newest round a stateless history replays
-            call_id = _str(item.get("call_id")) or _str(item.get("approval_request_id"))
+            call_id = str_of(item.get("call_id")) or str_of(item.get("approval_request_id"))
             turn_id = self._calls.get(call_id) if call_id else None
             if turn_id in self._turns:
                 return self._turns[turn_id], "call_id"
@@ -219,12 +220,12 @@ class ResponseTracker:
         return None, "none"
 
     def _result(self, state: ResponseState, turn: Turn, index: int, item: dict[str, Any], at: datetime) -> list[State]:
-        call_id = _str(item.get("call_id")) or _str(item.get("approval_request_id"))
-        item_id = _str(item.get("id")) or f"{state.response_id}/input/{index}"
+        call_id = str_of(item.get("call_id")) or str_of(item.get("approval_request_id"))
+        item_id = str_of(item.get("id")) or f"{state.response_id}/input/{index}"
         output = item.get("output")
         text = output if isinstance(output, str) or output is None else orjson.dumps(output).decode()
-        row = ResponseItemState(item_id, state.response_id, "input", None, _str(item.get("type")),
-                                _str(item.get("status")), call_id=call_id, output=text, added_at=at, done_at=at)
+        row = ResponseItemState(item_id, state.response_id, "input", None, str_of(item.get("type")),
+                                str_of(item.get("status")), call_id=call_id, output=text, added_at=at, done_at=at)
         changed: list[State] = [row]
         call = turn.run.tool_calls.get(call_id) if call_id else None
         if call is None and call_id in self._item_calls:  # a client that sent the item id as call_id (§7)
@@ -236,18 +237,18 @@ class ResponseTracker:
 
     def _item(self, state: ResponseState, index: int, item: dict[str, Any], seen: Seen, *,
               done: bool) -> ResponseItemState:
-        item_id = _str(item.get("id")) or f"{state.response_id}/output/{index}"
+        item_id = str_of(item.get("id")) or f"{state.response_id}/output/{index}"
         row = state.items.get(index)
         if row is None or row.item_id != item_id:
             row = state.items[index] = ResponseItemState(item_id, state.response_id, "output", index, added_at=seen.at)
-        row.type = _str(item.get("type")) or row.type
-        row.status = _str(item.get("status")) or row.status
-        row.role = _str(item.get("role")) or row.role
-        row.call_id = _str(item.get("call_id")) or row.call_id
-        row.name = _str(item.get("name")) or row.name
+        row.type = str_of(item.get("type")) or row.type
+        row.status = str_of(item.get("status")) or row.status
+        row.role = str_of(item.get("role")) or row.role
+        row.call_id = str_of(item.get("call_id")) or row.call_id
+        row.name = str_of(item.get("name")) or row.name
         if isinstance(item.get("arguments"), str) and (done or item["arguments"]):
             row.arguments = item["arguments"]
-        text = _message_text(item.get("content"))
+        text = message_text(item.get("content"))
         if text or (done and row.text is None and row.type == "message"):
             row.text = text
         if done and row.done_at is None:
@@ -322,110 +323,3 @@ class ResponseTracker:
                 self._turns.pop(turn.run.run_id, None)
                 for call_id in turn.run.tool_calls:
                     self._calls.pop(call_id, None)
-
-
-def model_call(state: ResponseState) -> ModelCall:
-    """The response as budgets and spans see it (runs.ModelCall)."""
-    status = state.status
-    reason = None
-    if status == "completed":
-        reason = "tool_calls" if state.calls else "stop"
-    elif status == "incomplete":
-        reason = "length" if state.incomplete_reason == "max_output_tokens" else state.incomplete_reason
-    tools = tuple((row.item_id, row.type, row.added_at, row.done_at) for row in state.items.values()
-                  if row.type is not None and row.type not in CLIENT_CALLS and row.type in BUILTIN_TOOLS)
-    texts = [row.text for row in state.items.values() if row.type == "message" and row.text]
-    return ModelCall(state.response_id, state.model, status in RESPONSE_TERMINAL, state.input_tokens,
-                     state.output_tokens, state.total_tokens, status, state.cached_tokens, state.reasoning_tokens,
-                     reason, state.error_code, state.error_message, state.conversation_id, tools,
-                     "".join(texts) if texts else None)
-
-
-def _merge(state: ResponseState, obj: dict[str, Any], seen: Seen) -> None:
-    state.last_seen_at = seen.at
-    status = _str(obj.get("status"))
-    if status and not (state.status in RESPONSE_TERMINAL and status not in RESPONSE_TERMINAL):
-        state.status = status  # a replayed early snapshot (a resume from the start) never reopens it
-    state.model = _str(obj.get("model")) or state.model
-    state.previous_response_id = _str(obj.get("previous_response_id")) or state.previous_response_id
-    conversation = obj.get("conversation")
-    state.conversation_id = _str(conversation.get("id") if isinstance(conversation, dict) else conversation) \
-        or state.conversation_id
-    if isinstance(obj.get("background"), bool):
-        state.background = obj["background"]
-    if isinstance(obj.get("store"), bool):
-        state.store = obj["store"]
-    state.service_tier = _str(obj.get("service_tier")) or state.service_tier  # the terminal one wins (§4)
-    state.created_at = _ts(obj.get("created_at")) or state.created_at
-    state.ended_at = _ts(obj.get("completed_at")) or state.ended_at
-    state.max_output_tokens = _int(obj.get("max_output_tokens")) or state.max_output_tokens
-    details = obj.get("incomplete_details")
-    if isinstance(details, dict):
-        state.incomplete_reason = _str(details.get("reason")) or state.incomplete_reason
-    error = obj.get("error")
-    if isinstance(error, dict):
-        state.error_code = _str(error.get("code")) or state.error_code
-        state.error_message = _str(error.get("message")) or state.error_message
-    usage = obj.get("usage")
-    if isinstance(usage, dict):
-        state.input_tokens, state.output_tokens = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-        state.total_tokens = _int(usage.get("total_tokens"))
-        input_details, output_details = usage.get("input_tokens_details"), usage.get("output_tokens_details")
-        if isinstance(input_details, dict):
-            state.cached_tokens = _int(input_details.get("cached_tokens"))
-            state.cache_write_tokens = _int(input_details.get("cache_write_tokens"))
-        if isinstance(output_details, dict):
-            state.reasoning_tokens = _int(output_details.get("reasoning_tokens"))
-
-
-_PARTIAL = frozenset({"response.output_text.delta", "response.function_call_arguments.delta"})
-
-
-def _partial_items(state: ResponseState) -> list[ResponseItemState]:
-    """Items not done when the stream broke off, with the text and arguments their deltas gave."""
-    pieces: dict[str, list[str]] = {}
-    for frames in state.delta_frames:
-        for line in frames.split(b"\n"):
-            if not line.startswith(b"data: "):
-                continue
-            try:
-                obj = orjson.loads(line[6:])
-            except orjson.JSONDecodeError:
-                continue
-            if (isinstance(obj, dict) and obj.get("type") in _PARTIAL and isinstance(obj.get("item_id"), str)
-                    and isinstance(obj.get("delta"), str)):
-                pieces.setdefault(obj["item_id"], []).append(obj["delta"])
-    open_items = [row for row in state.items.values() if row.done_at is None]
-    for row in open_items:
-        joined = "".join(pieces.get(row.item_id, ()))
-        if row.type == "function_call":
-            row.arguments = joined
-        elif row.type == "message":
-            row.text = joined
-        row.status = "incomplete"
-    return open_items
-
-
-def _message_text(content: Any) -> str | None:
-    if not isinstance(content, list):
-        return None
-    parts = [part["text"] for part in content
-             if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str)]
-    return "".join(parts) if parts else None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _int(value: Any) -> int | None:
-    return value if type(value) is int else None
-
-
-def _ts(value: Any) -> datetime | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        return datetime.fromtimestamp(value, UTC)
-    except (OverflowError, OSError, ValueError):  # not a time: kept in the raw JSON only
-        return None
