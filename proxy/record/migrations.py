@@ -904,6 +904,50 @@ def m007_response_links(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+EVENTS_VIEW_M008 = (
+    "create or replace view events as"
+    " select e.request_id, e.seq, e.event, e.data, e.received_at, e.run_id, e.raw,"
+    " coalesce(case when json_valid(e.data) then try_cast(json_extract_string(e.data, '$.sequence_number') as bigint)"
+    " end, e.stored_sequence_number) as sequence_number,"
+    " coalesce(case when json_valid(e.data) then json_extract_string(e.data, '$.response.id') end, r.response_id)"
+    " as response_id"
+    " from (" + EVENTS_VIEW.split(" as\n", 1)[1]
+    .replace("select request_id, seq, event, data, received_at, run_id, raw from event_rows",
+             "select request_id, seq, event, data, received_at, run_id, raw, sequence_number as stored_sequence_number"
+             " from event_rows")
+    .replace("       null::blob\n", "       null::blob, null::bigint\n")
+    + ") as e left join requests as r on r.request_id = e.request_id"
+)
+"""m006's events, with the sequence number an `event_rows` row keeps of its own when its data is
+blanked (record_content = false: an id, not content)."""
+
+
+@migration
+def m008_event_sequence_numbers(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue #14: under record_content = false an event's data is NULL, and with it the sequence
+    # number the view read from it; ids are still recorded (contract section 6), so the row keeps it.
+    _run(
+        con,
+        "alter table event_rows add column sequence_number bigint",
+        "comment on column event_rows.sequence_number is"
+        " 'A Responses event''s sequence_number, kept here only when its data is not (record_content = false).'",
+        EVENTS_VIEW_M008,
+        "comment on view events is 'One row per SSE event of a streamed response, the terminal done event"
+        " included.'",
+        "comment on column events.seq is 'Position of the event in its response, from 0.'",
+        "comment on column events.data is"
+        " 'The data field exactly as received: JSON for run objects, [DONE] for the end.'",
+        "comment on column events.raw is 'The undecoded frame bytes, only for malformed frames.'",
+        "comment on column events.request_id is 'The exchange the event arrived in (requests.request_id).'",
+        "comment on column events.event is"
+        " 'The SSE event name (thread.run.created, response.created, ..., done); NULL if the frame had none.'",
+        "comment on column events.received_at is 'When runtap relayed the event.'",
+        "comment on column events.run_id is 'The run (or turn) the exchange belongs to.'",
+        "comment on column events.sequence_number is 'A Responses event''s sequence_number.'",
+        "comment on column events.response_id is 'The Responses API response the event belongs to.'",
+    )
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 

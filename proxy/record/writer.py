@@ -89,7 +89,7 @@ _BACKLOG_READ_ROWS = 5000
 """Rows committed per step from the backlog file. Decoding holds the GIL (~5 us a row, ~25 ms a
 step) and the queue is moved to the file between steps; 20,000-row steps made the relay's p99 in
 a long overload 217 ms against 67-90 ms with 2,000 or 5,000 (README, Memory)."""
-EVENT_COLUMNS = ("request_id", "seq", "event", "data", "received_at", "run_id", "raw")
+EVENT_COLUMNS = ("request_id", "seq", "event", "data", "received_at", "run_id", "raw", "sequence_number")
 """The values of an event row (``streams.stream_rows``), in order: the ``events`` table's columns."""
 EventRow = tuple[object, ...]
 
@@ -121,7 +121,7 @@ class _Stream:
             body = b"".join(c for c in segment.chunks if isinstance(c, bytes))
             at = datetime.fromtimestamp(segment.arrived[-1] if segment.arrived else time.time(), UTC)
             raw = body if self.record_content else None
-            return [], [(self.request_id, segment.seq0, None, "", at, self.run_id, raw)]
+            return [], [(self.request_id, segment.seq0, None, "", at, self.run_id, raw, None)]
         return ([("response_streams", row)] if row is not None else []), events
 
     def rows(self) -> list[Item]:

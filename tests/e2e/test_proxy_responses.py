@@ -227,3 +227,29 @@ async def test_runtap_run_shows_a_turns_responses_tool_calls_and_answer(fake, cl
     text = as_timeline(result)
     assert f"response 2  {second.model}  completed" in text and "joined by previous_response_id" in text
     assert "        text      Cold and clear.\n" in text
+
+
+async def test_without_content_events_keep_their_sequence_numbers_and_response(serve_proxy, fake, tmp_path,
+                                                                                upstream):
+    from openai import AsyncOpenAI
+
+    from proxy.app import PARTS, make_app
+    from proxy.config import Settings
+    from tests.conftest import RAW_KEY
+
+    settings = Settings.model_validate({
+        "server": {"upstream": str(upstream.make_url("")).rstrip("/")},
+        "recorder": {"db": str(tmp_path / "runtap.duckdb"), "batch_interval_ms": 5, "record_content": False},
+    })
+    server = await serve_proxy(make_app(settings))
+    fake.enqueue_response(ResponseScript.text("a secret answer"))
+    async with AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as client, \
+            client.responses.stream(model="gpt-4o", input="hi") as s:
+        final = await s.get_final_response()
+    parts = server.app[PARTS]
+    await parts.flush()
+    with parts.writer.cursor() as cur:
+        events = cur.execute("select data, sequence_number, response_id from events order by seq").fetchall()
+        [(text,)] = cur.execute("select text from response_items where type = 'message'").fetchall()
+    assert {e[0] for e in events} == {None} and text is None  # no content
+    assert [e[1] for e in events] == list(range(len(events))) and {e[2] for e in events} == {final.id}

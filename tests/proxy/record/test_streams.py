@@ -110,7 +110,12 @@ def test_record_content_false_stores_no_text(con) -> None:
     row, rows = stream_rows("rc", "run_1", StreamBytes(0, [b"event: a\ndata: secret\n\n"], [T0], True),
                             record_content=False)
     assert row is None
-    assert rows == [("rc", 0, "a", None, datetime.fromtimestamp(T0, UTC), "run_1", None)]
+    assert rows == [("rc", 0, "a", None, datetime.fromtimestamp(T0, UTC), "run_1", None, None)]
+    # A Responses event keeps its sequence number (an id), not its data.
+    event = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":7,' \
+            b'"delta":"secret"}\n\n'
+    _, [kept] = stream_rows("rc", "run_1", StreamBytes(7, [event], [T0], True), record_content=False)
+    assert (kept[3], kept[6], kept[7]) == (None, None, 7)
 
 
 def test_canonical_means_what_the_view_can_split() -> None:
