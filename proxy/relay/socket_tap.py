@@ -12,9 +12,9 @@ spans are the same.
 Which frames answer which message: the server handles a socket's messages in order
 (protocol-responses.md §1). Every text message the client sends takes a place in line; the events
 of a response belong to the create streaming (else the first not answered yet, or the one whose
-`stream_id` they echo); an `error` that is not a response's event answers the first message not
-answered yet (a refused create, or another message the server refused), else it is the
-streaming response's in-band error. A message the server answers with nothing gives up its place
+`stream_id` they echo); an `error` that is not a response's event (no `sequence_number`) answers the
+first message not answered yet (a refused create, or another message the server refused), else
+it is the streaming response's in-band error. A message the server answers with nothing gives up its place
 when a later create begins streaming. A create's exchange ends when its API says its stream
 ended, or with the socket; one the server refused is recorded as the HTTP error would have been:
 the frame's `status`, the frame its response body.
@@ -203,7 +203,9 @@ class SocketTap:
                     return entry
         streaming = next((e for e in line if e.answered), None)
         waiting = next((e for e in line if not e.answered), None)
-        if kind == b"error":  # a refusal of the first message not answered yet, else an in-band error
+        if kind == b"error" and (streaming is None or b'"sequence_number"' not in payload):
+            # A refusal of the first message not answered yet; an in-band error is an event of the
+            # streaming response and carries its sequence_number (protocol-responses.md §6).
             return waiting if waiting is not None else streaming
         if streaming is not None:
             return streaming

@@ -275,3 +275,18 @@ def test_a_frame_with_a_newline_in_its_json_is_recorded_whole():
         tap.from_upstream(server_frame(text.encode()))  # valid JSON, valid text frame
     [a] = fwd.rec.started
     assert a.outcome is Outcome.COMPLETED and a.response_id == "resp_A", (a.outcome, a.response_id, tap._line)
+
+
+def test_an_in_band_error_stays_with_the_streaming_response_while_a_create_waits():
+    tap, fwd = socket_tap()
+    tap.from_upstream(HANDSHAKE)
+    tap.from_client(_create("A"))
+    tap.from_upstream(_event("response.created", 0, response=_resp("resp_A")))
+    tap.from_client(_create("B"))  # waits behind A
+    tap.from_upstream(_event("error", 1, error={"type": "server_error", "code": "server_error", "message": "boom"}))
+    tap.from_upstream(_event("response.failed", 2, response=_resp("resp_A", "failed")))
+    tap.from_upstream(_event("response.created", 0, response=_resp("resp_B")))
+    tap.from_upstream(_event("response.completed", 1, response=_resp("resp_B", "completed", USAGE)))
+    a, b = fwd.rec.started[:2]
+    assert (a.status, a.response_id, b.status, b.response_id) == (200, "resp_A", 200, "resp_B")
+    assert fwd.tracker.extensions["responses"].responses["resp_A"].error_code == "server_error"
