@@ -3,7 +3,10 @@ fed 1,000 runs at a time as the recorder hands them over (a request's two rows, 
 snapshots, a step, a message, and the benchmark's 60-event stream as its bytes), with the wall
 time and CPU of each batch printed every 5 batches while the file grows to `--runs` runs.
 
-    python scripts/writer_growth.py [--runs 50000]
+    python scripts/writer_growth.py [--runs 50000] [--memory-limit 256MB]
+
+`--memory-limit` caps DuckDB's buffer pool as `[recorder] duckdb_memory_limit` does in the proxy
+(its default there is 256MB; without the option DuckDB takes up to 80% of the RAM).
 """
 
 from __future__ import annotations
@@ -48,10 +51,10 @@ def submit_run(writer: Writer, n: int, frames: list[bytes], now: datetime) -> No
                                "run_id": run_id, "event_count": len(chunks), "response_bytes": sum(map(len, chunks))})
 
 
-async def main(runs: int) -> None:
+async def main(runs: int, memory_limit: str | None) -> None:
     frames = (await bench_upstream.capture()).frames
     with tempfile.TemporaryDirectory() as tmp:
-        writer = Writer(Path(tmp) / "growth.duckdb")
+        writer = Writer(Path(tmp) / "growth.duckdb", memory_limit=memory_limit)
         await asyncio.to_thread(writer.start)
         batches = max(1, runs // BATCH)
         n = 0
@@ -72,4 +75,6 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50_000)
-    asyncio.run(main(parser.parse_args().runs))
+    parser.add_argument("--memory-limit", default=None)
+    args = parser.parse_args()
+    asyncio.run(main(args.runs, args.memory_limit))

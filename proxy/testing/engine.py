@@ -131,10 +131,13 @@ class Engine:
         return rec
 
     def active_run(self, thread: ThreadRecord) -> RunRecord | None:
+        # Only the thread's newest run can be active: no run is created while another is, and a
+        # terminal status is final. Scanning them all made each create O(the thread's runs), which
+        # in a long soak (thousands of runs per thread) made the fake, not runtap, the bottleneck.
         for run_id in reversed(thread.run_ids):
             rec = self.runs.get(run_id)
-            if rec is not None and rec.status in ("queued", "in_progress", "requires_action", "cancelling"):
-                return rec
+            if rec is not None:  # (an evicted one is skipped: the newest still tracked decides)
+                return rec if rec.status in ("queued", "in_progress", "requires_action", "cancelling") else None
         return None
 
     def add_message(self, thread: ThreadRecord, body: Json) -> Json:
