@@ -6,8 +6,10 @@ the SDK is the real `openai` package; the recording is a real DuckDB file in tmp
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import duckdb
@@ -104,3 +106,15 @@ def recorded(parts: Parts) -> Callable[[], Any]:
         return q
 
     return flushed
+
+
+async def poll(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30.0) -> Any:
+    """`await check()` until it returns something truthy, or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")

@@ -774,18 +774,43 @@ def m005_event_streams(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-EVENTS_VIEW_RESPONSES = (
-    "create or replace view events as"
-    " select e.request_id, e.seq, e.event, e.data, e.received_at, e.run_id, e.raw,"
-    " case when json_valid(e.data) then try_cast(json_extract_string(e.data, '$.sequence_number') as bigint)"
-    " end as sequence_number,"
-    " coalesce(case when json_valid(e.data) then json_extract_string(e.data, '$.response.id') end, r.response_id)"
-    " as response_id"
-    " from (" + EVENTS_VIEW.split(" as\n", 1)[1] + ") as e left join requests as r on r.request_id = e.request_id"
-)
-"""m005's events, plus what a Responses event carries: its `sequence_number`, and the response it
-belongs to (its own `response` object's id, else the exchange's). Read from the data when queried,
-so nothing is done per event when it is written."""
+def _responses_events_view(inner: str, stored_sequence_number: str | None) -> str:
+    """The events view over `inner` (m005's union), with what a Responses event carries: its
+    `sequence_number` (from its data, else `stored_sequence_number`, a column of `inner`) and the
+    response it belongs to (its own `response` object's id, else the exchange's). Read from the data
+    when queried, so nothing is done per event when it is written."""
+    from_data = ("case when json_valid(e.data) then try_cast(json_extract_string(e.data, '$.sequence_number')"
+                 " as bigint) end")
+    number = f"coalesce({from_data}, e.{stored_sequence_number})" if stored_sequence_number else from_data
+    return ("create or replace view events as"
+            " select e.request_id, e.seq, e.event, e.data, e.received_at, e.run_id, e.raw,"
+            f" {number} as sequence_number,"
+            " coalesce(case when json_valid(e.data) then json_extract_string(e.data, '$.response.id') end,"
+            " r.response_id) as response_id"
+            f" from ({inner}) as e left join requests as r on r.request_id = e.request_id")
+
+
+EVENTS_VIEW_RESPONSES = _responses_events_view(EVENTS_VIEW.split(" as\n", 1)[1], None)
+"""m006's events: m005's plus each Responses event's `sequence_number` and response."""
+
+
+def _events_view_comments(sequence_number: str) -> list[str]:
+    """The events view's comments (re-created with the view by each migration that replaces it)."""
+    return [
+        "comment on view events is 'One row per SSE event of a streamed response, the terminal done event"
+        " included.'",
+        "comment on column events.seq is 'Position of the event in its response, from 0.'",
+        "comment on column events.data is"
+        " 'The data field exactly as received: JSON for run objects, [DONE] for the end.'",
+        "comment on column events.raw is 'The undecoded frame bytes, only for malformed frames.'",
+        "comment on column events.request_id is 'The exchange the event arrived in (requests.request_id).'",
+        "comment on column events.event is"
+        " 'The SSE event name (thread.run.created, response.created, ..., done); NULL if the frame had none.'",
+        "comment on column events.received_at is 'When runtap relayed the event.'",
+        "comment on column events.run_id is 'The run (or turn) the exchange belongs to.'",
+        f"comment on column events.sequence_number is {_quote(sequence_number)}",
+        "comment on column events.response_id is 'The Responses API response the event belongs to.'",
+    ]
 
 
 @migration
@@ -875,19 +900,7 @@ def m006_responses(con: duckdb.DuckDBPyConnection) -> None:
         "comment on column response_items.added_at is 'When runtap saw the item begin (its own clock).'",
         "comment on column response_items.done_at is 'When runtap saw the item complete.'",
         EVENTS_VIEW_RESPONSES,
-        "comment on view events is 'One row per SSE event of a streamed response, the terminal done event"
-        " included.'",
-        "comment on column events.seq is 'Position of the event in its response, from 0.'",
-        "comment on column events.data is"
-        " 'The data field exactly as received: JSON for run objects, [DONE] for the end.'",
-        "comment on column events.raw is 'The undecoded frame bytes, only for malformed frames.'",
-        "comment on column events.request_id is 'The exchange the event arrived in (requests.request_id).'",
-        "comment on column events.event is"
-        " 'The SSE event name (thread.run.created, response.created, ..., done); NULL if the frame had none.'",
-        "comment on column events.received_at is 'When runtap relayed the event.'",
-        "comment on column events.run_id is 'The run (or turn) the exchange belongs to.'",
-        "comment on column events.sequence_number is 'A Responses event''s sequence_number, from its data.'",
-        "comment on column events.response_id is 'The Responses API response the event belongs to.'",
+        *_events_view_comments("A Responses event's sequence_number, from its data."),
     )
 
 
@@ -904,20 +917,13 @@ def m007_response_links(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-EVENTS_VIEW_M008 = (
-    "create or replace view events as"
-    " select e.request_id, e.seq, e.event, e.data, e.received_at, e.run_id, e.raw,"
-    " coalesce(case when json_valid(e.data) then try_cast(json_extract_string(e.data, '$.sequence_number') as bigint)"
-    " end, e.stored_sequence_number) as sequence_number,"
-    " coalesce(case when json_valid(e.data) then json_extract_string(e.data, '$.response.id') end, r.response_id)"
-    " as response_id"
-    " from (" + EVENTS_VIEW.split(" as\n", 1)[1]
+EVENTS_VIEW_M008 = _responses_events_view(
+    EVENTS_VIEW.split(" as\n", 1)[1]
     .replace("select request_id, seq, event, data, received_at, run_id, raw from event_rows",
              "select request_id, seq, event, data, received_at, run_id, raw, sequence_number as stored_sequence_number"
              " from event_rows")
-    .replace("       null::blob\n", "       null::blob, null::bigint\n")
-    + ") as e left join requests as r on r.request_id = e.request_id"
-)
+    .replace("       null::blob\n", "       null::blob, null::bigint\n"),
+    "stored_sequence_number")
 """m006's events, with the sequence number an `event_rows` row keeps of its own when its data is
 blanked (record_content = false: an id, not content)."""
 
@@ -932,19 +938,7 @@ def m008_event_sequence_numbers(con: duckdb.DuckDBPyConnection) -> None:
         "comment on column event_rows.sequence_number is"
         " 'A Responses event''s sequence_number, kept here only when its data is not (record_content = false).'",
         EVENTS_VIEW_M008,
-        "comment on view events is 'One row per SSE event of a streamed response, the terminal done event"
-        " included.'",
-        "comment on column events.seq is 'Position of the event in its response, from 0.'",
-        "comment on column events.data is"
-        " 'The data field exactly as received: JSON for run objects, [DONE] for the end.'",
-        "comment on column events.raw is 'The undecoded frame bytes, only for malformed frames.'",
-        "comment on column events.request_id is 'The exchange the event arrived in (requests.request_id).'",
-        "comment on column events.event is"
-        " 'The SSE event name (thread.run.created, response.created, ..., done); NULL if the frame had none.'",
-        "comment on column events.received_at is 'When runtap relayed the event.'",
-        "comment on column events.run_id is 'The run (or turn) the exchange belongs to.'",
-        "comment on column events.sequence_number is 'A Responses event''s sequence_number.'",
-        "comment on column events.response_id is 'The Responses API response the event belongs to.'",
+        *_events_view_comments("A Responses event's sequence_number."),
     )
 
 

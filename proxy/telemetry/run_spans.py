@@ -70,6 +70,23 @@ def _client_span(traceparent: str) -> SpanContext | None:
     return context if context.is_valid else None
 
 
+def end_attributes(span: SpanRecord, run: RunState, *, errors: tuple[str, ...]) -> str | None:
+    """What the end of a run (or a turn) says on its `invoke_agent` span: status, usage, finish
+    reason, and the error of a failed one or of a status in `errors`. Returns the error type its
+    open children end with (None when it completed or ran out of tokens)."""
+    status = run.status or ""
+    span.attributes[RUN_STATUS] = status
+    _usage(span, run.prompt_tokens, run.completion_tokens)
+    reason = sc.finish_reason(status, run.incomplete_reason)
+    if reason:
+        span.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (reason,)
+    if status == "failed":
+        sc.record_error(span, run.last_error_code or "failed", run.last_error_message)
+    elif status in errors:
+        sc.record_error(span, status)
+    return None if status in ("completed", "incomplete") else status
+
+
 def _usage(span: SpanRecord, prompt_tokens: int | None, completion_tokens: int | None) -> None:
     if prompt_tokens is not None:
         span.attributes[sc.GEN_AI_USAGE_INPUT_TOKENS] = prompt_tokens
@@ -234,18 +251,7 @@ class TracingObserver(Observer):
             self._end_run(rec, run, max(at_ns, rec.start_ns))
 
     def _end_run(self, rec: _Run, run: RunState, end_ns: int) -> None:
-        span = rec.span
-        status = run.status or ""
-        span.attributes[RUN_STATUS] = status
-        _usage(span, run.prompt_tokens, run.completion_tokens)
-        reason = sc.finish_reason(status, run.incomplete_reason)
-        if reason:
-            span.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (reason,)
-        if status == "failed":
-            sc.record_error(span, run.last_error_code or "failed", run.last_error_message)
-        elif status == "expired":
-            sc.record_error(span, "expired")
-        self._close(rec, end_ns, None if status in ("completed", "incomplete") else status)
+        self._close(rec, end_ns, end_attributes(rec.span, run, errors=("expired",)))
 
     def _abandon(self, rec: _Run, now_ns: int, why: str) -> None:
         end_ns = min(now_ns, rec.expires_ns) if why == "expires_at" and rec.expires_ns else now_ns

@@ -36,11 +36,12 @@ from ..exchange import Deltas, Exchange, RunEvent
 from ..observers import Observer
 from ..runs import RUN_TERMINAL, ModelCall, RunState, ToolCallState
 from . import semconv as sc
-from .run_spans import RUN_ABANDONED, RUN_ID, RUN_STATUS, _client_span, _ns, _usage
+from .run_spans import RUN_ABANDONED, RUN_ID, _client_span, _ns, _usage, end_attributes
 from .spans import SpanRecord, Spans
 
 INFERRED = "runtap.inferred"
 TURN_ENDED = RUN_TERMINAL | {"truncated"}
+TURN_ERRORS = tuple(TURN_ENDED - {"completed", "incomplete", "failed"})
 _REQUEST_ATTRIBUTES = (("model", sc.GEN_AI_REQUEST_MODEL), ("temperature", sc.GEN_AI_REQUEST_TEMPERATURE),
                        ("top_p", sc.GEN_AI_REQUEST_TOP_P), ("max_output_tokens", sc.GEN_AI_REQUEST_MAX_TOKENS),
                        ("max_completion_tokens", sc.GEN_AI_REQUEST_MAX_TOKENS),
@@ -184,18 +185,8 @@ class TurnTracing(Observer):
         self.open[turn.run_id or ""] = turn
 
     def _end_turn(self, turn: _Turn, run: RunState, end_ns: int) -> None:
-        span = turn.span
-        status = run.status or ""
-        span.attributes[RUN_STATUS] = status
-        _usage(span, run.prompt_tokens, run.completion_tokens)
-        reason = sc.finish_reason(status, run.incomplete_reason)
-        if reason:
-            span.attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = (reason,)
-        if status == "failed":
-            sc.record_error(span, run.last_error_code or "failed", run.last_error_message)
-        elif status not in ("completed", "incomplete"):
-            sc.record_error(span, status)
-        self._close(turn, end_ns, None if status in ("completed", "incomplete") else status)
+        # A turn that did not reach its answer (cancelled, truncated, abandoned) is an error too.
+        self._close(turn, end_ns, end_attributes(turn.span, run, errors=TURN_ERRORS))
 
     def _abandon(self, turn: _Turn, now_ns: int, why: str) -> None:
         turn.span.attributes[RUN_ABANDONED] = why

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from proxy.telemetry import tracing as tracing_module
 from proxy.telemetry.otlp_http import OtlpHttpExporter
 from proxy.testing.responses_scripts import ChatScript, Reasoning, ResponseScript
 from proxy.testing.scripts import Outcome, Script
-from tests.conftest import KEY_ID, RAW_KEY
+from tests.conftest import KEY_ID, RAW_KEY, poll
 from tests.e2e.test_proxy_responses import WEATHER
 from tests.e2e.test_proxy_sdk import WEATHER_TOOL, _tool_conversation
 
@@ -54,18 +53,6 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h"}
 """What Grafana would put in for its built-in variables (the datasource variable needs none)."""
 CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
-
-
-async def poll(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 30.0) -> Any:
-    """`await check()` until it returns something truthy, or fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
 
 
 # -- fixtures: an OTLP receiver, the proxy exporting to it, its admin app ------------------------

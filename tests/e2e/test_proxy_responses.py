@@ -152,24 +152,23 @@ async def test_run_and_token_metrics_count_every_turn_once_streamed_or_not(fake,
 
 async def test_a_turn_left_waiting_for_its_tool_outputs_ends_abandoned_at_a_later_create(serve_proxy, fake,
                                                                                           tmp_path, upstream):
-    import asyncio
-
     from openai import AsyncOpenAI
 
     from proxy.app import PARTS, make_app
     from proxy.config import Settings
     from tests.conftest import RAW_KEY
 
+    # A microsecond: the next create, which always comes later than that, finds the turn abandoned.
     settings = Settings.model_validate({
         "server": {"upstream": str(upstream.make_url("")).rstrip("/")},
-        "recorder": {"db": str(tmp_path / "runtap.duckdb"), "batch_interval_ms": 5, "abandoned_turn_s": 0.3},
+        "recorder": {"db": str(tmp_path / "runtap.duckdb"), "batch_interval_ms": 5, "abandoned_turn_s": 1e-6},
     })
     server = await serve_proxy(make_app(settings))
     fake.enqueue_response(ResponseScript.function_call("get_weather", {"city": "Rome"}))
     fake.enqueue_response(ResponseScript.text("Something else."))
     async with AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=RAW_KEY, max_retries=0) as client:
         waiting = await client.responses.create(model="gpt-4o", input="Rome?", tools=[WEATHER])
-        await asyncio.sleep(0.4)  # the client never sends the tool output
+        # The client never sends the tool output; it asks something else.
         other = await client.responses.create(model="gpt-4o", input="A new question")
     parts = server.app[PARTS]
     await parts.flush()

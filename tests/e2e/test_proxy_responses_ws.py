@@ -13,7 +13,7 @@ from openai import AsyncOpenAI
 from proxy.app import PARTS, make_app
 from proxy.testing.faults import Fault
 from proxy.testing.responses_scripts import ResponseScript
-from tests.conftest import KEY_ID, RAW_KEY, sha256
+from tests.conftest import KEY_ID, RAW_KEY, poll, sha256
 from tests.e2e.test_budgets import budgets_settings, team_a
 from tests.e2e.test_proxy_responses import WEATHER
 
@@ -265,10 +265,15 @@ async def test_a_create_pipelined_behind_the_handshake_is_admitted_like_any(serv
         data += chunk
     writer.close()
     parts = server.app[PARTS]
-    await asyncio.sleep(0.1)
-    await parts.flush()
+
+    async def socket_ended() -> list:
+        await parts.flush()
+        with parts.writer.cursor() as cur:
+            rows = cur.execute("select method, status, outcome from requests order by started_at").fetchall()
+        return rows if rows and rows[0][2] is not None else []
+
+    rows = await poll(socket_ended, "the socket's end recorded", timeout_s=10)
     with parts.writer.cursor() as cur:
-        rows = cur.execute("select method, status, outcome from requests order by started_at").fetchall()
         charges = cur.execute("select state, spent_tokens from budget_charges").fetchall()
     assert b"response.completed" not in data, "a 10256-token create ran on a 300-token budget, unrecorded"
     assert b'"status":429' in data and rows == [("GET", 101, "client_gone"), ("WS", 429, "rejected")]
