@@ -90,8 +90,12 @@ class FrameReader:
             frames.append(self._skipped_frame(piece if self.keep_raw else None, partial=bool(self._skip)))
             if self._skip:
                 return frames
-        buffer = self._buffer
-        buffer += data  # amortised O(1): a large frame in many reads is read in O(its size)
+        buffer: bytes | bytearray
+        if self._buffer:
+            buffer = self._buffer
+            buffer += data  # amortised O(1): a large frame in many reads is read in O(its size)
+        else:
+            buffer = data  # nothing half-way (the usual read): frames are cut from the read itself
         at, n = 0, len(buffer)
         while n - at >= 2:
             b0, b1 = buffer[at], buffer[at + 1]
@@ -135,7 +139,10 @@ class FrameReader:
             if opcode < 8:
                 self._message_size = 0 if fin else self._message_size + length
             frames.append(Frame(opcode, fin, compressed, payload, raw))
-        del buffer[:at]
+        if buffer is self._buffer:
+            del buffer[:at]
+        elif at < n:
+            self._buffer += buffer[at:]
         return frames
 
     def _skipped_frame(self, piece: bytes | None, *, partial: bool) -> Frame:
@@ -162,6 +169,11 @@ class Messages:
 
     def add(self, frame: Frame) -> Message | None:
         if frame.opcode >= 8:  # control frames: never fragmented, never compressed
+            return Message(frame.opcode, frame.payload, False)
+        if frame.fin and frame.opcode != CONTINUATION and not (frame.compressed and self.deflate):
+            self.open = False  # a whole message in one frame (a server's usual): nothing to join
+            if self._parts:
+                self._parts = []
             return Message(frame.opcode, frame.payload, False)
         if frame.opcode != CONTINUATION:
             self._opcode, self._compressed = frame.opcode, frame.compressed and self.deflate

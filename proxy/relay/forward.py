@@ -96,9 +96,9 @@ class Forwarder:
         """Budget admission of a budgeted request (a socket's create): None to relay it, else the refusal."""
         return None if self._admit is None else self._admit(ex, headers)
 
-    def make_tap(self, ex: Exchange) -> Tap:
-        """A tap fed as frames arrive (a socket's: its frames come one by one, each already relayed)."""
-        return Tap(ex, self._tracker, self._observers, self._max_body, self._segment_s)
+    def make_tap(self, ex: Exchange) -> DeferredTap:
+        """The tap of an exchange that is no HTTP response (a socket's create), behind the relay as theirs."""
+        return self._make_tap(ex)
 
     @property
     def max_message(self) -> int:

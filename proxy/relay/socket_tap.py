@@ -7,7 +7,10 @@ and been answered over SSE: its message is its request body, admitted by the bud
 relayed, and the server's frames that answer it (the events of its response, one frame each) go
 through a `Tap` as the SSE stream they would have been (`event: <type>` + `data: <the frame's
 text>`), so the responses, items, turns, events (with their sequence numbers), budgets, metrics and
-spans are the same.
+spans are the same. Like an HTTP stream's, they are parsed behind the relay in batches
+(deferred_tap.DeferredTap): a delta frame is only noted; the next frame that is not one (or the tap's
+timer) hands the deltas before it over in one batch, and is parsed at once, since whether it ends its
+response decides which create the next frame answers.
 
 Which frames answer which message: the server handles a socket's messages in order
 (protocol-responses.md §1). Every text message the client sends takes a place in line; the events
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from .. import errors
+from ..deferred_tap import DeferredTap
 from ..exchange import Exchange, Outcome
 from ..tap import Tap, parse_object
 from ..websocket import CLOSE, TEXT, FrameReader, Messages, close_frame, deflate_of, server_text_frame
@@ -46,11 +50,21 @@ if TYPE_CHECKING:
     from aiohttp import web
     from multidict import CIMultiDict
 
+    from ..apis.base import Api
     from .forward import Forwarder
 
 log = logging.getLogger("runtap.socket")
 _TYPE = re.compile(rb'\A\{\s*"type"\s*:\s*"([^"\\]{1,200})"')
 _HEAD_MAX = 64 * 1024
+_DELTA_KINDS: dict[type, frozenset[bytes]] = {}
+"""Each API's delta event names as the bytes a frame's `type` is matched as."""
+
+
+def _delta_kinds(api: Api) -> frozenset[bytes]:
+    kinds = _DELTA_KINDS.get(type(api))
+    if kinds is None:
+        kinds = _DELTA_KINDS[type(api)] = frozenset(name.encode() for name in api.delta_events)
+    return kinds
 
 
 @dataclass(slots=True, eq=False)
@@ -58,7 +72,7 @@ class _Request:
     """A client text message in line for its answer; `ex` None for one that is no request."""
 
     ex: Exchange | None
-    tap: Tap | None
+    tap: DeferredTap | None
     stream_id: str | None
     answered: bool = False
     client_left: bool = False
@@ -187,7 +201,10 @@ class SocketTap:
         # One data line per line of the frame: SSE joins them with "\n", giving back the frame's text.
         tap.feed(b"event: " + kind + b"\ndata: " + payload.replace(b"\n", b"\ndata: ") + b"\n\n")
         api = entry.ex.route.api
-        if api is not None and api.stream_ended(entry.ex, self._forwarder.tracker):
+        if api is None or kind in _delta_kinds(api):
+            return  # parsed in a batch with those after it: a delta never ends a response
+        tap.drain()
+        if api.stream_ended(entry.ex, self._forwarder.tracker):
             self._line.remove(entry)
             tap.end(Outcome.CLIENT_GONE if entry.client_left else Outcome.COMPLETED)
 
@@ -195,6 +212,9 @@ class SocketTap:
         line = self._line
         if not line:
             return None
+        first = line[0]
+        if first.answered and kind != b"error" and b'"stream_id"' not in payload:
+            return first  # the usual frame: an event of the response streaming, first in line
         if b'"stream_id"' in payload:  # a lane the client named: the create that named it
             obj = parse_object(payload)
             lane = obj.get("stream_id") if obj is not None else None

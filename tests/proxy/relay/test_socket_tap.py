@@ -3,7 +3,9 @@ a socket may carry (pipelined creates, pings between fragments, other messages),
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import orjson
 from aiohttp import ClientSession, WSMsgType
@@ -13,7 +15,7 @@ from websockets.frames import Frame, Opcode
 
 from proxy import errors
 from proxy.apis import classify
-from proxy.deferred_tap import TapQueue
+from proxy.deferred_tap import DeferredTap, TapQueue
 from proxy.exchange import Exchange, Outcome
 from proxy.observers import Observer, Observers
 from proxy.relay.socket_tap import SocketTap
@@ -21,7 +23,7 @@ from proxy.relay.tunnel import Tunnel
 from proxy.runs import RunStore
 from proxy.tap import Tap
 from proxy.testing.responses_scripts import ResponseScript
-from tests.conftest import RAW_KEY
+from tests.conftest import RAW_KEY, poll
 
 HEADERS = {"Authorization": f"Bearer {RAW_KEY}"}
 TERMINAL = ("response.completed", "response.failed", "response.incomplete", "error")
@@ -103,6 +105,9 @@ class Rec(Observer):
     def exchange_finished(self, ex):
         self.finished.append(ex)
 
+    def deltas(self, ex, deltas):
+        self.events.append((ex.request_id, deltas))
+
 
 class FakeForwarder:
     def __init__(self, admit=None, observers=None):
@@ -116,7 +121,8 @@ class FakeForwarder:
         return None if self._admit is None else self._admit(ex, headers)
 
     def make_tap(self, ex):
-        return Tap(ex, self.tracker, self.observers, 1 << 20)
+        tap = Tap(ex, self.tracker, self.observers, 1 << 20)
+        return DeferredTap(tap, asyncio.get_running_loop(), 0.05, self.pending_taps)
 
     def started(self, ex):
         self.observers.exchange_started(ex)
@@ -156,10 +162,7 @@ def _create(text):
 USAGE = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
 
 
-USAGE = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
-
-
-def test_a_response_already_in_flight_error_refuses_the_create_it_answers_and_no_other():
+async def test_a_response_already_in_flight_error_refuses_the_create_it_answers_and_no_other():
     tap, fwd = socket_tap()
     tap.from_upstream(HANDSHAKE)
     assert tap.from_client(_create("A")) != b""
@@ -172,13 +175,14 @@ def test_a_response_already_in_flight_error_refuses_the_create_it_answers_and_no
     tap.from_client(_create("C"))
     tap.from_upstream(_event("response.created", 0, response=_resp("resp_C")))
     tap.from_upstream(_event("response.completed", 1, response=_resp("resp_C", "completed", USAGE)))
+    await asyncio.sleep(0)  # a tap ends in a loop callback, behind the relay
     _a, b, c = fwd.rec.started[:3]
     assert (b.status, b.response_id) == (400, None), "B should be the one refused"
     assert c.response_id == "resp_C" and c.outcome is Outcome.COMPLETED
     assert fwd.tracker.extensions["responses"].responses["resp_A"].error_code is None  # A did not fail
 
 
-def test_a_tap_failure_mid_way_hands_back_the_client_bytes_it_held(monkeypatch):
+async def test_a_tap_failure_mid_way_hands_back_the_client_bytes_it_held(monkeypatch):
     tap, _fwd = socket_tap()
     tap.from_upstream(HANDSHAKE)
     frame = _create("hello")
@@ -195,7 +199,7 @@ def test_a_tap_failure_mid_way_hands_back_the_client_bytes_it_held(monkeypatch):
     assert relayed == frame, f"upstream got {len(relayed)} of {len(frame)} bytes"
 
 
-def test_a_refused_fragmented_create_with_a_ping_inside_is_left_out_whole():
+async def test_a_refused_fragmented_create_with_a_ping_inside_is_left_out_whole():
     refuse = lambda ex, headers: errors.budget_exceeded("no", 1)  # noqa: E731
     tap, _fwd = socket_tap(admit=refuse)
     tap.from_upstream(HANDSHAKE)
@@ -236,7 +240,7 @@ class _Client:
         self.transport.write(data)
 
 
-def test_a_compressed_refusal_relays_the_frames_before_it_then_closes():
+async def test_a_compressed_refusal_relays_the_frames_before_it_then_closes():
     refuse_second = iter([None, errors.budget_exceeded("no", 1)])
     tap, fwd = socket_tap(admit=lambda ex, h: next(refuse_second))
     tunnel = Tunnel.__new__(Tunnel)
@@ -264,7 +268,7 @@ def test_a_compressed_refusal_relays_the_frames_before_it_then_closes():
     assert written.index(half[5:]) < written.index(b'"status":429')  # whole frames, in order
 
 
-def test_a_frame_with_a_newline_in_its_json_is_recorded_whole():
+async def test_a_frame_with_a_newline_in_its_json_is_recorded_whole():
     import json
     tap, fwd = socket_tap()
     tap.from_upstream(HANDSHAKE)
@@ -273,11 +277,12 @@ def test_a_frame_with_a_newline_in_its_json_is_recorded_whole():
                                    ("response.completed", "resp_A", "completed", 1)):
         text = json.dumps({"type": kind, "sequence_number": seq, "response": _resp(rid, status, USAGE)}, indent=1)
         tap.from_upstream(server_frame(text.encode()))  # valid JSON, valid text frame
+    await asyncio.sleep(0)
     [a] = fwd.rec.started
     assert a.outcome is Outcome.COMPLETED and a.response_id == "resp_A", (a.outcome, a.response_id, tap._line)
 
 
-def test_an_in_band_error_stays_with_the_streaming_response_while_a_create_waits():
+async def test_an_in_band_error_stays_with_the_streaming_response_while_a_create_waits():
     tap, fwd = socket_tap()
     tap.from_upstream(HANDSHAKE)
     tap.from_client(_create("A"))
@@ -290,3 +295,43 @@ def test_an_in_band_error_stays_with_the_streaming_response_while_a_create_waits
     a, b = fwd.rec.started[:2]
     assert (a.status, a.response_id, b.status, b.response_id) == (200, "resp_A", 200, "resp_B")
     assert fwd.tracker.extensions["responses"].responses["resp_A"].error_code == "server_error"
+
+
+async def test_delta_frames_are_parsed_in_one_batch_with_their_arrival_times():
+    tap, fwd = socket_tap()
+    tap.from_upstream(HANDSHAKE)
+    tap.from_client(_create("A"))
+    tap.from_upstream(_event("response.created", 0, response=_resp("resp_A")))
+    item = {"id": "msg_A", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+    tap.from_upstream(_event("response.output_item.added", 1, output_index=0, item=item))
+    seen_before = len(fwd.rec.events)
+    for seq, piece in enumerate(("Hel", "lo", "!"), start=2):
+        tap.from_upstream(_event("response.output_text.delta", seq, item_id="msg_A", output_index=0,
+                                 content_index=0, delta=piece))
+    assert len(fwd.rec.events) == seen_before, "a delta frame should only be noted, not parsed"
+    noted_by = time.time()
+    await asyncio.sleep(0.02)  # within the tap's delay: the done frame, not the timer, hands them over
+    tap.from_upstream(_event("response.output_text.done", 5, item_id="msg_A", output_index=0, content_index=0,
+                             text="Hello!"))
+    batches = [e for _, e in fwd.rec.events[seen_before:] if isinstance(e, tuple)]
+    assert len(batches) == 1, batches  # the three deltas, handed over together before the done frame
+    seq, count, at, frames = batches[0]
+    assert (seq, count) == (2, 3) and frames.count(b"event: response.output_text.delta\n") == 3
+    assert at.timestamp() <= noted_by, "the batch's time should be its first delta's arrival, not its parsing"
+    state = fwd.tracker.extensions["responses"].responses["resp_A"]
+    assert state.status == "in_progress"
+
+
+async def test_delta_frames_left_waiting_are_handed_over_by_the_timer():
+    tap, fwd = socket_tap()
+    tap.from_upstream(HANDSHAKE)
+    tap.from_client(_create("A"))
+    tap.from_upstream(_event("response.created", 0, response=_resp("resp_A")))
+    seen_before = len(fwd.rec.events)
+    tap.from_upstream(_event("response.output_text.delta", 1, item_id="msg_A", output_index=0, content_index=0,
+                             delta="slow"))
+
+    async def handed_over():
+        return len(fwd.rec.events) > seen_before
+
+    await poll(handed_over, "the delta handed over by the tap's timer", 2.0)
